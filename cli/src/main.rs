@@ -1,0 +1,310 @@
+//! `coffer`: the one command users and tests drive Coffer with.
+//!
+//! Thin by design: argument parsing and output here, the work in the library crates
+//! (`coffer-image`, `coffer-qemu`, ...). Exit codes: 0 success, 1 failure, 2 unusable input
+//! (bad arguments, a broken spec, a tampered input, a busy port).
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use coffer_image::{BuildRequest, ImageError, Progress};
+use coffer_qemu::{Accel, LaunchError, LaunchOptions, StopOutcome};
+use coffer_types::Role;
+
+#[derive(Parser)]
+#[command(
+    name = "coffer",
+    version,
+    about = "Build, boot, measure and verify Coffer confidential-computing appliances.",
+    long_about = "Build, boot, measure and verify Coffer confidential-computing appliances.\n\n\
+        Typical use:\n  \
+        coffer image build kms            # build the kms image into out/images/kms\n  \
+        coffer run out/images/kms --detach  # boot it under QEMU, wait until healthy\n  \
+        coffer stop kms                   # ACPI power-down, wait for a clean power-off"
+)]
+struct Cli {
+    /// Where running VMs are recorded [default: $COFFER_STATE_DIR, $XDG_STATE_HOME/coffer or
+    /// ~/.local/state/coffer].
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Appliance images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Boot an image under QEMU and wait until its health endpoint answers.
+    Run(RunArgs),
+    /// Power VMs off cleanly (ACPI power button), killing them only after a timeout.
+    Stop(StopArgs),
+    /// List the VMs started by `coffer run`.
+    Ps,
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Build a role's image (kernel, initramfs, cmdline, firmware, manifest.json), reproducibly.
+    Build {
+        /// kms, client or executor.
+        role: String,
+        /// Output directory [default: out/images/<role> in the checkout].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Use this spec instead of image/specs/<role>.toml.
+        #[arg(long, value_name = "FILE")]
+        spec: Option<PathBuf>,
+        /// The Coffer checkout [default: the current directory or its nearest parent].
+        #[arg(long, value_name = "DIR")]
+        source: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// An image directory made by `coffer image build`.
+    image_dir: PathBuf,
+    /// Return once the VM is healthy, leaving it running (stop it with `coffer stop`).
+    #[arg(long)]
+    detach: bool,
+    /// VM name [default: the image's role].
+    #[arg(long)]
+    name: Option<String>,
+    /// Accelerator: tcg works everywhere; kvm where /dev/kvm works (not nested here).
+    #[arg(long, value_enum, default_value_t = AccelArg::Tcg)]
+    accel: AccelArg,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 512)]
+    memory: u32,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Host port for a guest port, as NAME=PORT (e.g. health=18080); others are picked free.
+    #[arg(long = "port", value_name = "NAME=PORT", value_parser = parse_port)]
+    ports: Vec<(String, u16)>,
+    /// Seconds to wait for the health endpoint.
+    #[arg(long, default_value_t = 180)]
+    timeout: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AccelArg {
+    Tcg,
+    Kvm,
+}
+
+#[derive(clap::Args)]
+struct StopArgs {
+    /// VMs to stop [default: every VM started by `coffer run`].
+    names: Vec<String>,
+    /// Seconds to wait for a clean power-off before killing.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+}
+
+fn parse_port(text: &str) -> Result<(String, u16), String> {
+    let (name, port) = text
+        .split_once('=')
+        .ok_or_else(|| format!("'{text}' is not NAME=PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("'{port}' is not a port number"))?;
+    if port == 0 {
+        return Err("port 0 is not a port".into());
+    }
+    Ok((name.to_owned(), port))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("coffer: error: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+/// 2 for input the user must fix; 1 for everything else.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    let bad_input = err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<ImageError>(),
+            Some(
+                ImageError::SpecSyntax { .. }
+                    | ImageError::SpecInvalid { .. }
+                    | ImageError::InputMissing { .. }
+                    | ImageError::InputMismatch { .. }
+                    | ImageError::ModuleNotPinned { .. }
+                    | ImageError::NoCheckout(_)
+            )
+        ) || matches!(
+            cause.downcast_ref::<LaunchError>(),
+            Some(
+                LaunchError::NotAnImage { .. }
+                    | LaunchError::ImageTampered { .. }
+                    | LaunchError::PortInUse { .. }
+                    | LaunchError::UnknownPort(_)
+                    | LaunchError::NameTaken(_)
+                    | LaunchError::NoSuchVm(_)
+            )
+        ) || cause.downcast_ref::<coffer_types::UnknownRole>().is_some()
+    });
+    if bad_input {
+        2
+    } else {
+        1
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let state_dir = cli.state_dir.unwrap_or_else(coffer_qemu::default_state_dir);
+    match cli.command {
+        Command::Image(ImageCommand::Build {
+            role,
+            out,
+            spec,
+            source,
+        }) => {
+            let role: Role = role.parse()?;
+            let start = match source {
+                Some(dir) => dir,
+                None => std::env::current_dir().context("current directory")?,
+            };
+            let checkout = coffer_image::find_checkout(&start)?;
+            let out_dir = out.unwrap_or_else(|| checkout.join("out/images").join(role.as_str()));
+            let progress = Progress::new(5, role.as_str());
+            let manifest = coffer_image::build_image(
+                &BuildRequest {
+                    checkout,
+                    role,
+                    spec,
+                    out_dir: out_dir.clone(),
+                },
+                &progress,
+            )?;
+            println!("built {role} image in {}", out_dir.display());
+            for output in &manifest.outputs {
+                println!(
+                    "  {:<18} {:>10} bytes  sha256:{}",
+                    output.path, output.size, output.sha256
+                );
+            }
+            Ok(())
+        }
+        Command::Run(args) => run_vm(args, state_dir),
+        Command::Stop(args) => stop_vms(args, &state_dir),
+        Command::Ps => {
+            for vm in coffer_qemu::state::list(&state_dir) {
+                let state = if vm.is_running() { "running" } else { "exited" };
+                println!(
+                    "{:<12} {:<8} {:<8} {}",
+                    vm.name,
+                    vm.role,
+                    state,
+                    vm.health_url()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn run_vm(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
+    let options = LaunchOptions {
+        image_dir: args.image_dir,
+        name: args.name,
+        accel: match args.accel {
+            AccelArg::Tcg => Accel::Tcg,
+            AccelArg::Kvm => Accel::Kvm,
+        },
+        memory_mib: args.memory,
+        cpus: args.cpus,
+        ports: args.ports,
+        state_dir: state_dir.clone(),
+    };
+    let vm = coffer_qemu::launch(&options)?;
+    eprintln!(
+        "coffer: started VM '{}' ({}), serial log {}; waiting for {}",
+        vm.name,
+        vm.role,
+        vm.serial_log.display(),
+        vm.health_url()
+    );
+    if let Err(err) = coffer_qemu::health::wait_healthy(&vm, Duration::from_secs(args.timeout)) {
+        let _ = coffer_qemu::stop(&state_dir, &vm, Duration::from_secs(10));
+        return Err(err.into());
+    }
+    println!("{} healthy: {}", vm.name, vm.health_url());
+    for forward in &vm.forwards {
+        println!(
+            "  {:<8} guest :{:<5} -> 127.0.0.1:{}",
+            forward.name, forward.guest, forward.host
+        );
+    }
+    if args.detach {
+        return Ok(());
+    }
+    eprintln!("coffer: press Ctrl-C to power the VM off");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let interrupted = runtime.block_on(async {
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return true,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    if !vm.is_running() {
+                        return false;
+                    }
+                }
+            }
+        }
+    });
+    if interrupted {
+        report_stop(
+            &vm.name,
+            coffer_qemu::stop(&state_dir, &vm, Duration::from_secs(60))?,
+        );
+    } else {
+        eprintln!("coffer: VM '{}' powered off", vm.name);
+    }
+    Ok(())
+}
+
+fn stop_vms(args: StopArgs, state_dir: &std::path::Path) -> anyhow::Result<()> {
+    let vms = if args.names.is_empty() {
+        coffer_qemu::state::list(state_dir)
+    } else {
+        args.names
+            .iter()
+            .map(|name| {
+                coffer_qemu::state::load(state_dir, name)
+                    .ok_or_else(|| LaunchError::NoSuchVm(name.clone()))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    for vm in vms {
+        report_stop(
+            &vm.name,
+            coffer_qemu::stop(state_dir, &vm, Duration::from_secs(args.timeout))?,
+        );
+    }
+    Ok(())
+}
+
+fn report_stop(name: &str, outcome: StopOutcome) {
+    match outcome {
+        StopOutcome::PoweredOff => println!("{name}: powered off cleanly"),
+        StopOutcome::Killed => println!("{name}: did not power off in time; killed"),
+        StopOutcome::AlreadyStopped => println!("{name}: was not running"),
+    }
+}

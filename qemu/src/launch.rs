@@ -1,0 +1,270 @@
+//! Starting and stopping VMs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::image::Image;
+use crate::state::{self, Forward, VmRecord};
+use crate::{qmp, LaunchError};
+
+/// Which accelerator QEMU uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Software emulation: works everywhere, slower. The default (nested KVM hangs on our CI).
+    Tcg,
+    /// Hardware virtualisation, where `/dev/kvm` works.
+    Kvm,
+}
+
+impl Accel {
+    fn as_str(self) -> &'static str {
+        match self {
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        }
+    }
+}
+
+/// How to boot an image.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    /// The image directory.
+    pub image_dir: PathBuf,
+    /// VM name; default the image's role.
+    pub name: Option<String>,
+    /// Accelerator.
+    pub accel: Accel,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Number of vCPUs.
+    pub cpus: u32,
+    /// Host ports chosen by the user, by guest port name; others are picked free.
+    pub ports: Vec<(String, u16)>,
+    /// State root (see [`state::default_state_dir`]).
+    pub state_dir: PathBuf,
+}
+
+/// Boots the image in the background (QEMU daemonizes once its devices are set up, so
+/// configuration errors such as a busy port are reported here). Returns the VM's record.
+pub fn launch(options: &LaunchOptions) -> Result<VmRecord, LaunchError> {
+    let image = Image::open(&options.image_dir)?;
+    let manifest = &image.manifest;
+    let name = options
+        .name
+        .clone()
+        .unwrap_or_else(|| manifest.role.to_string());
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(LaunchError::Qemu(format!(
+            "VM name '{name}' must be letters, digits, '-' or '_'"
+        )));
+    }
+    if let Some(existing) = state::load(&options.state_dir, &name) {
+        if existing.is_running() {
+            return Err(LaunchError::NameTaken(name));
+        }
+        state::forget(&options.state_dir, &name);
+    }
+    for (port_name, _) in &options.ports {
+        if !manifest.ports.iter().any(|p| &p.name == port_name) {
+            return Err(LaunchError::UnknownPort(port_name.clone()));
+        }
+    }
+    let mut forwards = Vec::new();
+    for port in &manifest.ports {
+        let wanted = options
+            .ports
+            .iter()
+            .find(|(n, _)| n == &port.name)
+            .map(|(_, p)| *p);
+        let host = state::host_port(wanted).ok_or_else(|| LaunchError::PortInUse {
+            port: wanted.unwrap_or(0),
+            name: port.name.clone(),
+            guest: port.guest,
+        })?;
+        forwards.push(Forward {
+            name: port.name.clone(),
+            guest: port.guest,
+            host,
+        });
+    }
+    let health_port = forwards
+        .iter()
+        .find(|f| f.guest == manifest.health_port)
+        .map(|f| f.host)
+        .ok_or_else(|| LaunchError::NotAnImage {
+            dir: image.dir.display().to_string(),
+            reason: format!(
+                "health port {} is not among its ports",
+                manifest.health_port
+            ),
+        })?;
+
+    let dir = state::vm_dir(&options.state_dir, &name);
+    std::fs::create_dir_all(&dir).map_err(|e| LaunchError::io(&dir, e))?;
+    let record = VmRecord {
+        name: name.clone(),
+        role: manifest.role,
+        image_dir: image.dir.clone(),
+        pid: 0,
+        qmp_socket: dir.join("qmp.sock"),
+        serial_log: dir.join("serial.log"),
+        forwards,
+        health_port,
+    };
+    let _ = std::fs::remove_file(&record.serial_log);
+    let pid_file = dir.join("qemu.pid");
+    let args = qemu_args(&image, options, &record, &pid_file)?;
+    let qemu = std::env::var_os("COFFER_QEMU").unwrap_or_else(|| "qemu-system-x86_64".into());
+    let output = Command::new(&qemu).args(&args).output().map_err(|e| {
+        LaunchError::Qemu(format!(
+            "cannot run {}: {e} (install it with `apt-get install qemu-system-x86`)",
+            PathBuf::from(&qemu).display()
+        ))
+    })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        // QEMU: "Could not set up host forwarding rule 'tcp:127.0.0.1:PORT-:GUEST'".
+        if let Some(forward) = record.forwards.iter().find(|f| {
+            stderr.contains("host forwarding") && stderr.contains(&format!("127.0.0.1:{}-", f.host))
+        }) {
+            return Err(LaunchError::PortInUse {
+                port: forward.host,
+                name: forward.name.clone(),
+                guest: forward.guest,
+            });
+        }
+        return Err(LaunchError::Qemu(stderr));
+    }
+    let pid_text = std::fs::read_to_string(&pid_file).map_err(|e| LaunchError::io(&pid_file, e))?;
+    let pid = pid_text.trim().parse().map_err(|_| {
+        LaunchError::Qemu(format!("{}: not a pid: {pid_text:?}", pid_file.display()))
+    })?;
+    let record = VmRecord { pid, ..record };
+    state::save(&options.state_dir, &record)?;
+    Ok(record)
+}
+
+fn qemu_args(
+    image: &Image,
+    options: &LaunchOptions,
+    record: &VmRecord,
+    pid_file: &Path,
+) -> Result<Vec<String>, LaunchError> {
+    let path = |name: &str| -> Result<String, LaunchError> {
+        image
+            .output(name)
+            .map(|p| p.display().to_string())
+            .ok_or_else(|| LaunchError::NotAnImage {
+                dir: image.dir.display().to_string(),
+                reason: format!("no {name} in the manifest"),
+            })
+    };
+    let hostfwd: String = record
+        .forwards
+        .iter()
+        .map(|f| format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest))
+        .collect();
+    Ok(vec![
+        "-name".into(),
+        format!("coffer-{}", record.name),
+        "-machine".into(),
+        format!("q35,accel={}", options.accel.as_str()),
+        // `max` gives TCG guests RDRAND/RDSEED, which the kernel is told to trust.
+        "-cpu".into(),
+        if options.accel == Accel::Kvm {
+            "host"
+        } else {
+            "max"
+        }
+        .into(),
+        "-smp".into(),
+        options.cpus.to_string(),
+        "-m".into(),
+        format!("{}M", options.memory_mib),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        // The guest powering off or rebooting ends QEMU: a VM never restarts behind our back.
+        "-no-reboot".into(),
+        "-kernel".into(),
+        path("kernel")?,
+        "-initrd".into(),
+        path("initramfs")?,
+        "-append".into(),
+        image.manifest.cmdline.clone(),
+        "-serial".into(),
+        format!("file:{}", record.serial_log.display()),
+        "-netdev".into(),
+        format!("user,id=net0{hostfwd}"),
+        "-device".into(),
+        // romfile= : no PXE option ROM; we boot the kernel directly.
+        "virtio-net-pci,netdev=net0,romfile=".into(),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", record.qmp_socket.display()),
+        "-pidfile".into(),
+        pid_file.display().to_string(),
+        "-daemonize".into(),
+    ])
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// The guest powered itself off after the ACPI power button.
+    PoweredOff,
+    /// It did not power off in time and QEMU was killed.
+    Killed,
+    /// It was not running any more.
+    AlreadyStopped,
+}
+
+/// Presses the VM's ACPI power button and waits up to `timeout` for the guest to power off;
+/// kills QEMU after that. The record is removed; the serial log stays.
+pub fn stop(
+    state_dir: &Path,
+    vm: &VmRecord,
+    timeout: Duration,
+) -> Result<StopOutcome, LaunchError> {
+    if !vm.is_running() {
+        state::forget(state_dir, &vm.name);
+        return Ok(StopOutcome::AlreadyStopped);
+    }
+    let pressed = qmp::execute(&vm.qmp_socket, "system_powerdown");
+    let started = Instant::now();
+    let outcome = loop {
+        if !vm.is_running() {
+            break StopOutcome::PoweredOff;
+        }
+        if pressed.is_err() || started.elapsed() >= timeout {
+            let _ = kill(Pid::from_raw(vm.pid), Signal::SIGKILL);
+            while vm.is_running() && started.elapsed() < timeout + Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            break StopOutcome::Killed;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    state::forget(state_dir, &vm.name);
+    pressed.map(|_| outcome)
+}
+
+/// Waits until the VM's QEMU exits by itself (guest power-off), up to `timeout`.
+pub fn wait_exit(vm: &VmRecord, timeout: Duration) -> bool {
+    let started = Instant::now();
+    while vm.is_running() {
+        if started.elapsed() >= timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    true
+}

@@ -1,0 +1,234 @@
+//! Coffer's shared vocabulary.
+//!
+//! Producers and consumers of the same document use the types here, so that they cannot drift:
+//! the image builder writes an [`ApplianceConfig`] into the initramfs and the init reads it; the
+//! image builder writes an [`ImageManifest`] beside the artifacts and the launcher (and later the
+//! measurement tools) read it.
+//!
+//! This crate does no I/O and holds no secrets. It goes into every appliance binary, so it stays
+//! small: serde and thiserror only.
+
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The three appliance images. Each role has exactly one image spec and one multi-call binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Key management service: releases keys to attested, authorised peers.
+    Kms,
+    /// The customer's appliance: REST API, web UI, client-side encryption.
+    Client,
+    /// Runs approved jobs on encrypted data.
+    Executor,
+}
+
+impl Role {
+    /// Every role, in the order images are built and listed.
+    pub const ALL: [Role; 3] = [Role::Kms, Role::Client, Role::Executor];
+
+    /// The role's name as it appears in specs, manifests and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Kms => "kms",
+            Role::Client => "client",
+            Role::Executor => "executor",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A role name that is not one of [`Role::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role '{0}' (expected one of: kms, client, executor)")]
+pub struct UnknownRole(pub String);
+
+impl FromStr for Role {
+    type Err = UnknownRole;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UnknownRole(s.to_owned()))
+    }
+}
+
+/// Path of the baked configuration inside every appliance image.
+pub const APPLIANCE_CONFIG_PATH: &str = "/etc/coffer/appliance.json";
+
+/// The configuration the image builder bakes into an image and the init obeys.
+///
+/// It is part of the initramfs and therefore of the launch measurement: nothing here can be
+/// changed at run time by the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplianceConfig {
+    /// Which appliance this is.
+    pub role: Role,
+    /// Version of the image (the workspace version it was built from).
+    pub version: String,
+    /// Kernel modules to load, in dependency order, as paths inside the initramfs.
+    pub modules: Vec<String>,
+    /// How the init brings up the network.
+    pub network: NetworkConfig,
+    /// The fixed service set, in start order (stopped in reverse order).
+    pub services: Vec<ServiceConfig>,
+    /// When and how crashed services are restarted.
+    pub restart: RestartPolicy,
+    /// How long a service gets between SIGTERM and SIGKILL at shutdown, in milliseconds.
+    pub stop_timeout_ms: u64,
+}
+
+/// How the init configures the appliance's network interface (after loopback).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
+pub enum NetworkConfig {
+    /// A fixed address, as used with QEMU user networking.
+    Static {
+        /// Interface name as the kernel names it (no udev in the image), e.g. `eth0`.
+        interface: String,
+        /// IPv4 address with prefix length, e.g. `10.0.2.15/24`.
+        address: String,
+        /// Default gateway, e.g. `10.0.2.2`.
+        gateway: String,
+    },
+    /// Loopback only.
+    None,
+}
+
+/// One service of the fixed service set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Name used in logs and in the health report.
+    pub name: String,
+    /// The applet of the appliance's multi-call binary that implements the service.
+    pub applet: String,
+    /// Arguments passed to the applet.
+    pub args: Vec<String>,
+    /// Unprivileged user and group the service runs as; `None` keeps root (only where needed).
+    pub uid: Option<u32>,
+    /// Group id matching `uid`.
+    pub gid: Option<u32>,
+    /// A critical service that keeps crashing powers the VM off (fail-stop).
+    pub critical: bool,
+}
+
+/// Restart policy for crashed services: exponential backoff, and a crash-loop limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartPolicy {
+    /// Delay before the first restart, in milliseconds.
+    pub initial_backoff_ms: u64,
+    /// Upper bound of the delay, in milliseconds.
+    pub max_backoff_ms: u64,
+    /// A service that exits this many times within `window_ms` is in a crash loop.
+    pub max_restarts: u32,
+    /// The crash-loop window, in milliseconds.
+    pub window_ms: u64,
+}
+
+/// Version of the [`ImageManifest`] format. Bump on any incompatible change.
+pub const IMAGE_MANIFEST_VERSION: u32 = 1;
+
+/// File name of the manifest inside an image directory.
+pub const IMAGE_MANIFEST_FILE: &str = "manifest.json";
+
+/// What the image builder produced, and from what. Written as `manifest.json` beside the
+/// artifacts; every file is named with its sha256 so that anyone can re-check the build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageManifest {
+    /// [`IMAGE_MANIFEST_VERSION`] at the time of writing.
+    pub format_version: u32,
+    /// Which appliance the image is.
+    pub role: Role,
+    /// The workspace version the image was built from.
+    pub version: String,
+    /// The kernel command line the image must be booted with (part of the measurement).
+    pub cmdline: String,
+    /// Every input, with its sha256: pinned files, the appliance binary, the spec.
+    pub inputs: Vec<FileDigest>,
+    /// Every output file in the image directory, with its sha256.
+    pub outputs: Vec<FileDigest>,
+    /// Kernel modules in the image, in load order.
+    pub modules: Vec<String>,
+    /// Guest TCP ports the image serves, to be forwarded by a launcher.
+    pub ports: Vec<PortSpec>,
+    /// The guest port of the health endpoint (`GET /healthz`).
+    pub health_port: u16,
+}
+
+/// A named file and its sha256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDigest {
+    /// What the file is (`kernel`, `initramfs`, `module:virtio_net`, ...).
+    pub name: String,
+    /// Path: relative to the image directory for outputs, to the workspace for inputs.
+    pub path: String,
+    /// Lower-case hex sha256 of the file's bytes.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A TCP port served inside the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    /// Name of the port (`health`, `api`, ...).
+    pub name: String,
+    /// Port number inside the guest.
+    pub guest: u16,
+}
+
+/// The body of a `GET /healthz` answer, shared by the services and the launcher.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok` when the service is serving.
+    pub status: String,
+    /// The appliance's role.
+    pub role: Role,
+    /// The service that answered.
+    pub service: String,
+    /// The appliance's version.
+    pub version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_round_trip_through_their_names() {
+        for role in Role::ALL {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+        }
+    }
+
+    #[test]
+    fn an_unknown_role_is_named_in_the_error() {
+        let err = "hub".parse::<Role>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown role 'hub' (expected one of: kms, client, executor)"
+        );
+    }
+
+    #[test]
+    fn network_config_rejects_unknown_fields() {
+        let bad = r#"{"mode":"static","interface":"eth0","address":"10.0.2.15/24","gateway":"10.0.2.2","mtu":9000}"#;
+        assert!(serde_json::from_str::<NetworkConfig>(bad).is_err());
+    }
+}
