@@ -121,8 +121,11 @@ fn write_entry(
 mod tests {
     use super::*;
 
-    /// A minimal reader for the tests: (name, mode, rdev, data) per entry.
-    fn read(mut bytes: &[u8]) -> Vec<(String, u32, (u32, u32), Vec<u8>)> {
+    /// (name, mode, rdev, data) of one entry.
+    type Entry = (String, u32, (u32, u32), Vec<u8>);
+
+    /// A minimal reader for the tests.
+    fn read(mut bytes: &[u8]) -> Vec<Entry> {
         let mut out = Vec::new();
         loop {
             let header = std::str::from_utf8(&bytes[..110]).unwrap();

@@ -46,6 +46,11 @@ pub use error::InitError;
 pub fn run() -> ! {
     console::init_logging();
     let started = Instant::now();
+    // Log times are since the init started; this anchors them to the kernel's clock.
+    if let Ok(uptime) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
+        let ms = uptime.tv_sec() * 1000 + uptime.tv_nsec() / 1_000_000;
+        info!(kernel_uptime_ms = ms, "coffer init started");
+    }
     match boot_and_supervise(started) {
         Ok(reason) => info!(%reason, "powering off"),
         Err(err) => error!(error = %err, "fail-stop: powering off"),

@@ -1,0 +1,43 @@
+# Coffer: two commands do everything on a fresh Debian 12 machine.
+#   make demo   build the three appliance images, boot them side by side, show them healthy, stop them
+#   make test   every test: unit tests, CLI tests, and the QEMU tier that boots real images
+# Both install what is missing first (scripts/install-deps.sh).
+
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+COFFER := $(CARGO_TARGET_DIR)/debug/coffer
+
+.PHONY: deps coffer images demo test test-unit test-qemu bench lint
+
+deps:
+	@scripts/install-deps.sh
+
+coffer: deps
+	@echo "make: building the coffer CLI"
+	cargo build --locked -p coffer-cli
+
+images: coffer
+	@for role in kms client executor; do $(COFFER) image build $$role || exit 1; done
+
+demo: coffer
+	@scripts/demo.sh "$(COFFER)"
+
+# Unit and CLI tests first (fast), then the QEMU tier (boots VMs under TCG, about a minute).
+test: deps
+	@echo "make: unit tests (every crate)"
+	cargo test --locked --workspace --exclude coffer-tests
+	@echo "make: CLI and QEMU tier (tests/)"
+	cargo test --locked -p coffer-tests -- --test-threads 2
+
+test-unit: deps
+	cargo test --locked --workspace --exclude coffer-tests
+
+test-qemu: deps
+	cargo test --locked -p coffer-tests --test qemu -- --test-threads 2
+
+bench: coffer
+	cargo run --locked --release -p coffer-bench --bin boot-bench
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --locked --workspace --all-targets -- -D warnings

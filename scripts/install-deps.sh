@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian 12 machine lacks to build, boot and test Coffer, and says what it
+# does. Safe to run again: it only installs what is missing.
+set -euo pipefail
+
+say() { printf 'deps: %s\n' "$*"; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Debian packages: QEMU (boots the images), musl-tools (musl-gcc for C code in the static
+# appliance binaries), git (the reproducibility test clones the checkout), cpio (to inspect
+# initramfs images by hand).
+packages=(qemu-system-x86 musl-tools git cpio)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  say "Debian packages present: ${packages[*]}"
+fi
+
+# The static target for appliance binaries.
+if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  say "adding the Rust target x86_64-unknown-linux-musl"
+  rustup target add x86_64-unknown-linux-musl
+else
+  say "Rust target x86_64-unknown-linux-musl present"
+fi
