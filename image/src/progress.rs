@@ -1,5 +1,5 @@
 //! Build progress for people: a spinner with the current step on a terminal, one line per step
-//! otherwise (CI logs).
+//! otherwise (CI logs), or nothing (library callers).
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,18 +7,24 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+enum Display {
+    Bar(ProgressBar),
+    Lines(String),
+    Silent,
+}
+
 /// Reports the steps of a build.
 pub struct Progress {
-    bar: Option<ProgressBar>,
+    display: Display,
     total: usize,
     done: AtomicUsize,
-    prefix: String,
 }
 
 impl Progress {
-    /// `total` steps, labelled with `prefix` (the role). Draws only when stderr is a terminal.
+    /// `total` steps, labelled with `prefix` (the role): a spinner when stderr is a terminal,
+    /// otherwise one line per step.
     pub fn new(total: usize, prefix: &str) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
+        let display = if std::io::stderr().is_terminal() {
             let bar = ProgressBar::new(total as u64);
             if let Ok(style) =
                 ProgressStyle::with_template("{spinner} {prefix} [{pos}/{len}] {msg} ({elapsed})")
@@ -27,42 +33,42 @@ impl Progress {
             }
             bar.set_prefix(prefix.to_owned());
             bar.enable_steady_tick(Duration::from_millis(120));
-            bar
-        });
+            Display::Bar(bar)
+        } else {
+            Display::Lines(prefix.to_owned())
+        };
         Self {
-            bar,
+            display,
             total,
             done: AtomicUsize::new(0),
-            prefix: prefix.to_owned(),
         }
     }
 
-    /// A progress that says nothing (library callers, tests).
+    /// A progress that says nothing.
     pub fn silent() -> Self {
         Self {
-            bar: None,
+            display: Display::Silent,
             total: 0,
-            done: AtomicUsize::new(usize::MAX / 2),
-            prefix: String::new(),
+            done: AtomicUsize::new(0),
         }
     }
 
     /// Starts the next step.
     pub fn step(&self, message: &str) {
         let n = self.done.fetch_add(1, Ordering::Relaxed) + 1;
-        match &self.bar {
-            Some(bar) => {
+        match &self.display {
+            Display::Bar(bar) => {
                 bar.set_position(n.saturating_sub(1) as u64);
                 bar.set_message(message.to_owned());
             }
-            None if n <= self.total => eprintln!("{} [{n}/{}] {message}", self.prefix, self.total),
-            None => {}
+            Display::Lines(prefix) => eprintln!("{prefix} [{n}/{}] {message}", self.total),
+            Display::Silent => {}
         }
     }
 
     /// Ends the display.
     pub fn finish(&self) {
-        if let Some(bar) = &self.bar {
+        if let Display::Bar(bar) = &self.display {
             bar.finish_and_clear();
         }
     }

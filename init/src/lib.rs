@@ -8,7 +8,7 @@
 //!    ([`coffer_types::ApplianceConfig`]);
 //! 3. waits for the kernel's random number generator to be seeded;
 //! 4. loads the image's kernel modules in the order the builder computed, then mounts configfs;
-//! 5. brings up loopback and the image's network interface;
+//! 5. brings up loopback and the image's network interface (static address, or DHCP on clouds);
 //! 6. starts the fixed service set and supervises it: reaps every child (also orphans), restarts a
 //!    crashed service with exponential backoff, and powers the VM off (fail-stop) when a critical
 //!    service is in a crash loop;
@@ -26,6 +26,7 @@
 
 pub mod backoff;
 mod console;
+mod dhcp;
 mod error;
 mod modules;
 mod mounts;

@@ -11,7 +11,7 @@ use futures::TryStreamExt;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use tracing::info;
 
-use crate::InitError;
+use crate::{dhcp, InitError};
 
 /// How long to wait for a NIC driver to register its interface after the module loaded.
 const LINK_WAIT: Duration = Duration::from_secs(10);
@@ -44,33 +44,74 @@ async fn configure_async(config: &NetworkConfig) -> Result<(), InitError> {
                 InitError::NetworkConfig(format!("gateway '{gateway}' is not an IPv4 address"))
             })?;
             let index = wait_for_link(&handle, interface).await?;
-            match handle
-                .address()
-                .add(index, IpAddr::V4(ip), prefix)
-                .execute()
-                .await
-            {
-                Ok(()) => {}
-                Err(rtnetlink::Error::NetlinkError(e)) if e.code.map(|c| -c.get()) == Some(17) => {
-                    // EEXIST: configured already (a second call); nothing to do.
-                }
-                Err(e) => return Err(net_err("add address", e)),
-            }
             set_up(&handle, index, interface).await?;
-            let route = RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(gateway)
-                .build();
-            handle
-                .route()
-                .add(route)
-                .replace()
-                .execute()
-                .await
-                .map_err(|e| net_err("add default route", e))?;
+            apply(&handle, index, ip, prefix, Some(gateway)).await?;
             info!(%interface, %address, %gateway, "network configured");
+        }
+        NetworkConfig::Dhcp { interface } => {
+            let index = wait_for_link(&handle, interface).await?;
+            set_up(&handle, index, interface).await?;
+            let name = interface.clone();
+            let lease = tokio::task::spawn_blocking(move || dhcp::acquire(&name))
+                .await
+                .map_err(|e| net_err("dhcp", e))??;
+            apply(&handle, index, lease.address, lease.prefix, lease.router).await?;
+            write_resolv_conf(&lease.dns);
+            info!(
+                %interface,
+                address = %format!("{}/{}", lease.address, lease.prefix),
+                router = ?lease.router,
+                server = %lease.server,
+                lease_s = ?lease.lease_secs,
+                "network configured by DHCP"
+            );
         }
     }
     Ok(())
+}
+
+/// Adds the address (idempotently) and, with a gateway, the default route.
+async fn apply(
+    handle: &Handle,
+    index: u32,
+    ip: Ipv4Addr,
+    prefix: u8,
+    gateway: Option<Ipv4Addr>,
+) -> Result<(), InitError> {
+    match handle
+        .address()
+        .add(index, IpAddr::V4(ip), prefix)
+        .execute()
+        .await
+    {
+        Ok(()) => {}
+        // EEXIST: configured already (a second call); nothing to do.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.code.map(|c| -c.get()) == Some(17) => {}
+        Err(e) => return Err(net_err("add address", e)),
+    }
+    if let Some(gateway) = gateway {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .build();
+        handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| net_err("add default route", e))?;
+    }
+    Ok(())
+}
+
+fn write_resolv_conf(servers: &[Ipv4Addr]) {
+    let text: String = servers
+        .iter()
+        .map(|s| format!("nameserver {s}\n"))
+        .collect();
+    if let Err(e) = std::fs::write("/etc/resolv.conf", text) {
+        tracing::warn!(error = %e, "cannot write /etc/resolv.conf");
+    }
 }
 
 async fn wait_for_link(handle: &Handle, name: &str) -> Result<u32, InitError> {

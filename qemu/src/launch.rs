@@ -238,7 +238,7 @@ pub fn stop(
         state::forget(state_dir, &vm.name);
         return Ok(StopOutcome::AlreadyStopped);
     }
-    let pressed = qmp::execute(&vm.qmp_socket, "system_powerdown");
+    let pressed = qmp::execute(&vm.qmp_socket, "system_powerdown", serde_json::Value::Null);
     let started = Instant::now();
     let outcome = loop {
         if !vm.is_running() {

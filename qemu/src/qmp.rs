@@ -12,8 +12,9 @@ use serde_json::{json, Value};
 
 use crate::LaunchError;
 
-/// Sends one QMP command and returns its `return` value.
-pub fn execute(socket: &Path, command: &str) -> Result<Value, LaunchError> {
+/// Sends one QMP command (with `arguments`, or `Value::Null` for none) and returns its `return`
+/// value.
+pub fn execute(socket: &Path, command: &str, arguments: Value) -> Result<Value, LaunchError> {
     let err = |reason: String| LaunchError::Qmp {
         socket: socket.display().to_string(),
         reason,
@@ -25,8 +26,12 @@ pub fn execute(socket: &Path, command: &str) -> Result<Value, LaunchError> {
     let mut writer = stream.try_clone().map_err(|e| err(e.to_string()))?;
     let mut reader = BufReader::new(stream);
     read_answer(&mut reader, true).map_err(err)?;
-    for cmd in ["qmp_capabilities", command] {
-        let line = json!({ "execute": cmd }).to_string() + "\n";
+    for (cmd, args) in [("qmp_capabilities", Value::Null), (command, arguments)] {
+        let mut request = json!({ "execute": cmd });
+        if !args.is_null() {
+            request["arguments"] = args;
+        }
+        let line = request.to_string() + "\n";
         writer
             .write_all(line.as_bytes())
             .map_err(|e| err(format!("send {cmd}: {e}")))?;

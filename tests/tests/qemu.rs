@@ -154,3 +154,102 @@ fn a_critical_crash_loop_powers_the_vm_off() {
     assert!(log.contains("service stopped service=kms"), "{log}");
     assert!(log.contains("reboot: Power down"), "{log}");
 }
+
+#[test]
+fn ctrl_alt_del_is_a_clean_shutdown() {
+    let out = tempfile::tempdir().unwrap();
+    build_image(Role::Kms, out.path(), None);
+    let vm = Vm::start(out.path(), &unique("cad"));
+    let keys = serde_json::json!({ "keys": [
+        { "type": "qcode", "data": "ctrl" },
+        { "type": "qcode", "data": "alt" },
+        { "type": "qcode", "data": "delete" },
+    ]});
+    coffer_qemu::qmp::execute(&vm.record.qmp_socket, "send-key", keys).unwrap();
+    assert!(
+        coffer_qemu::wait_exit(&vm.record, Duration::from_secs(60)),
+        "{}",
+        vm.serial()
+    );
+    let log = vm.serial();
+    assert!(
+        log.contains("shutdown requested reason=SIGINT (Ctrl-Alt-Del)"),
+        "{log}"
+    );
+    assert!(log.contains("service stopped service=kms"), "{log}");
+    assert!(!log.contains("killing"), "{log}");
+    assert!(log.contains("reboot: Power down"), "{log}");
+}
+
+#[test]
+fn a_vm_that_dies_before_it_is_healthy_is_reported_with_its_serial_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(checkout().join("image/specs/kms.toml")).unwrap();
+    // The only service crashes at once: the VM fail-stops before /healthz ever answers.
+    let text = base
+        .replace("applet = \"health\"", "applet = \"exit-after\"")
+        .replace(
+            "args = [\"--listen\", \"0.0.0.0:8080\"]",
+            "args = [\"--ms\", \"10\"]",
+        )
+        .replace("max_restarts = 5", "max_restarts = 1");
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(&spec, text).unwrap();
+    let image = dir.path().join("image");
+    build_image(Role::Kms, &image, Some(&spec));
+    let state = tempfile::tempdir().unwrap();
+    let outcome = coffer_tests::run(&[
+        "--state-dir",
+        state.path().to_str().unwrap(),
+        "run",
+        image.to_str().unwrap(),
+        "--detach",
+        "--timeout",
+        "120",
+    ]);
+    assert_eq!(outcome.code, 1, "{outcome:?}");
+    assert!(
+        outcome
+            .stderr
+            .contains("exited before it became healthy; last lines of"),
+        "{outcome:?}"
+    );
+    assert!(
+        outcome
+            .stderr
+            .contains("FAIL-STOP: critical service 'kms' exited 2 times within 60s"),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn dhcp_configures_the_network_as_on_a_cloud() {
+    // QEMU user networking has a DHCP server (10.0.2.2) that leases 10.0.2.15/24.
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(checkout().join("image/specs/kms.toml")).unwrap();
+    let static_line = base
+        .lines()
+        .find(|l| l.starts_with("network = "))
+        .unwrap()
+        .to_owned();
+    let text = base.replace(
+        &static_line,
+        "network = { mode = \"dhcp\", interface = \"eth0\" }",
+    );
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(&spec, text).unwrap();
+    let image = dir.path().join("image");
+    build_image(Role::Kms, &image, Some(&spec));
+    let vm = Vm::start(&image, &unique("dhcp"));
+    assert_eq!(vm.health().unwrap().role, Role::Kms);
+    let log = vm.serial();
+    assert!(
+        log.contains("network configured by DHCP interface=eth0 address=10.0.2.15/24 router=Some(10.0.2.2) server=10.0.2.2"),
+        "{log}"
+    );
+    let outcome = vm.stop();
+    assert!(
+        outcome.stdout.contains("powered off cleanly"),
+        "{outcome:?}"
+    );
+}

@@ -102,6 +102,11 @@ pub enum NetworkConfig {
         /// Default gateway, e.g. `10.0.2.2`.
         gateway: String,
     },
+    /// Address, prefix, router and DNS servers from a DHCPv4 server, as on clouds.
+    Dhcp {
+        /// Interface name as the kernel names it, e.g. `eth0`.
+        interface: String,
+    },
     /// Loopback only.
     None,
 }
