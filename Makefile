@@ -5,6 +5,9 @@
 
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
+# The reference launch-digest tool (installed by scripts/install-deps.sh) for cross-check tests.
+export COFFER_VENV ?= $(HOME)/.cache/coffer/venv
+export PATH := $(COFFER_VENV)/bin:$(PATH)
 COFFER := $(CARGO_TARGET_DIR)/debug/coffer
 
 .PHONY: deps coffer images demo test test-unit test-qemu bench lint

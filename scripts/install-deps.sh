@@ -29,3 +29,21 @@ if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
 else
   say "Rust target x86_64-unknown-linux-musl present"
 fi
+
+# The reference SEV-SNP launch-digest calculator, which our tests cross-check against. It lives
+# in a virtualenv outside the checkout (Debian's system pip refuses global installs); the Makefile
+# puts its bin/ on PATH.
+venv="${COFFER_VENV:-$HOME/.cache/coffer/venv}"
+if ! "$venv/bin/sev-snp-measure" --help >/dev/null 2>&1 \
+   || ! "$venv/bin/python" -m pip show sev-snp-measure 2>/dev/null | grep -qx 'Version: 0.0.13'; then
+  say "installing sev-snp-measure 0.0.13 (PyPI) into $venv"
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    say "installing Debian package python3-venv"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check sev-snp-measure==0.0.13
+else
+  say "sev-snp-measure 0.0.13 present in $venv"
+fi

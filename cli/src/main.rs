@@ -6,6 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+mod measure;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -47,6 +49,16 @@ enum Command {
     Stop(StopArgs),
     /// List the VMs started by `coffer run`.
     Ps,
+    /// Compute launch measurements offline, from image artifacts.
+    #[command(subcommand)]
+    Measure(MeasureCommand),
+}
+
+#[derive(Subcommand)]
+enum MeasureCommand {
+    /// SEV-SNP launch digest of a QEMU measured direct boot; a drop-in for `sev-snp-measure`
+    /// (same flags, same output).
+    Snp(measure::MeasureSnpArgs),
 }
 
 #[derive(Subcommand)]
@@ -202,6 +214,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => run_vm(args, state_dir),
         Command::Stop(args) => stop_vms(args, &state_dir),
+        Command::Measure(MeasureCommand::Snp(args)) => {
+            println!("{}", measure::run(&args)?);
+            Ok(())
+        }
         Command::Ps => {
             for vm in coffer_qemu::state::list(&state_dir) {
                 let state = if vm.is_running() { "running" } else { "exited" };
