@@ -10,7 +10,7 @@ export COFFER_VENV ?= $(HOME)/.cache/coffer/venv
 export PATH := $(COFFER_VENV)/bin:$(PATH)
 COFFER := $(CARGO_TARGET_DIR)/debug/coffer
 
-.PHONY: deps coffer images demo test test-unit test-qemu bench lint
+.PHONY: deps coffer images pin demo test test-unit test-qemu bench lint
 
 deps:
 	@scripts/install-deps.sh
@@ -21,6 +21,10 @@ coffer: deps
 
 images: coffer
 	@for role in kms client executor; do $(COFFER) image build $$role || exit 1; done
+
+# Re-pin the launch measurements after a change that moves them (review the diff of measurements/pins/).
+pin: images
+	@for role in kms client executor; do $(COFFER) image pin $$role || exit 1; done
 
 demo: coffer
 	@scripts/demo.sh "$(COFFER)"

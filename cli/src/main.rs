@@ -77,6 +77,18 @@ enum ImageCommand {
         #[arg(long, value_name = "DIR")]
         source: Option<PathBuf>,
     },
+    /// Pin a built image's launch measurements: write its measurements.json as the incoming set
+    /// of measurements/pins/<role>.json, keeping the outgoing set(s).
+    Pin {
+        /// kms, client or executor.
+        role: String,
+        /// The built image [default: out/images/<role> in the checkout].
+        #[arg(long, value_name = "DIR")]
+        image: Option<PathBuf>,
+        /// How many older sets stay accepted (the outgoing release).
+        #[arg(long, default_value_t = 1)]
+        keep_previous: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -193,7 +205,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let checkout = coffer_image::find_checkout(&start)?;
             let out_dir = out.unwrap_or_else(|| checkout.join("out/images").join(role.as_str()));
-            let progress = Progress::new(5, role.as_str());
+            let progress = Progress::new(6, role.as_str());
             let manifest = coffer_image::build_image(
                 &BuildRequest {
                     checkout,
@@ -210,6 +222,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     output.path, output.size, output.sha256
                 );
             }
+            Ok(())
+        }
+        Command::Image(ImageCommand::Pin {
+            role,
+            image,
+            keep_previous,
+        }) => {
+            let role: Role = role.parse()?;
+            let checkout = coffer_image::find_checkout(&std::env::current_dir()?)?;
+            let image = image.unwrap_or_else(|| checkout.join("out/images").join(role.as_str()));
+            let path = image.join(coffer_types::MEASUREMENTS_FILE);
+            let bytes = std::fs::read(&path)
+                .with_context(|| format!("{} (build the image first)", path.display()))?;
+            let current: coffer_types::MeasurementSet =
+                serde_json::from_slice(&bytes).with_context(|| format!("{}", path.display()))?;
+            if current.role != role {
+                anyhow::bail!(
+                    "{} holds {} measurements, not {role}",
+                    path.display(),
+                    current.role
+                );
+            }
+            let pin_path = coffer_image::pins::pin_path(&checkout, role);
+            let existing = coffer_image::pins::load(&pin_path)?;
+            let pins = coffer_image::pins::bless(existing, current, keep_previous);
+            coffer_image::pins::save(&pin_path, &pins)?;
+            println!(
+                "pinned {} launch digests of the {role} image in {} ({} set(s) accepted)",
+                pins.sets.first().map(|s| s.snp.len()).unwrap_or(0),
+                pin_path.display(),
+                pins.sets.len()
+            );
             Ok(())
         }
         Command::Run(args) => run_vm(args, state_dir),

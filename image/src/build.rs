@@ -7,7 +7,7 @@ use std::process::Command;
 
 use coffer_types::{
     ApplianceConfig, FileDigest, ImageManifest, Role, APPLIANCE_CONFIG_PATH, IMAGE_MANIFEST_FILE,
-    IMAGE_MANIFEST_VERSION,
+    IMAGE_MANIFEST_VERSION, MEASUREMENTS_FILE,
 };
 use flate2::{Compression, GzBuilder};
 
@@ -15,7 +15,7 @@ use crate::cpio::{Archive, Node};
 use crate::lock::{sha256_hex, verify_input, InputsLock, VerifiedInput};
 use crate::progress::Progress;
 use crate::spec::ImageSpec;
-use crate::{modules, ImageError};
+use crate::{measure, modules, ImageError};
 
 /// The target every appliance binary is built for: static, no libc on the image.
 pub const APPLIANCE_TARGET: &str = "x86_64-unknown-linux-musl";
@@ -141,12 +141,28 @@ pub fn build_image(
         }
         _ => {}
     }
-    let outputs = vec![
+    let mut outputs = vec![
         write_output(out, "kernel", files::KERNEL, &kernel.bytes)?,
         write_output(out, "initramfs", files::INITRAMFS, &initramfs)?,
         write_output(out, "cmdline", files::CMDLINE, spec.cmdline.as_bytes())?,
         write_output(out, "firmware", files::FIRMWARE, &firmware.bytes)?,
     ];
+    progress.step("computing SEV-SNP launch measurements");
+    let measurements = measure::measurement_set(
+        spec.role,
+        env!("CARGO_PKG_VERSION"),
+        &spec.snp,
+        &measure::LaunchInputs {
+            firmware: &firmware.bytes,
+            kernel: &kernel.bytes,
+            initramfs: &initramfs,
+            cmdline: &spec.cmdline,
+        },
+    )?;
+    let mut json =
+        serde_json::to_vec_pretty(&measurements).map_err(|e| ImageError::io(out, e.into()))?;
+    json.push(b'\n');
+    outputs.push(write_output(out, "measurements", MEASUREMENTS_FILE, &json)?);
     let spec_bytes = std::fs::read(&spec_path).map_err(|e| ImageError::io(&spec_path, e))?;
     let lock_bytes = std::fs::read(&lock_path).map_err(|e| ImageError::io(&lock_path, e))?;
     let mut inputs = vec![

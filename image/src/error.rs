@@ -86,6 +86,9 @@ pub enum ImageError {
         /// The end of cargo's error output.
         stderr_tail: String,
     },
+    /// A launch measurement could not be computed from the built artifacts.
+    #[error("cannot compute the launch measurements: {0}")]
+    Measure(String),
     /// No Coffer checkout was found.
     #[error("not inside a Coffer checkout: no image/inputs.lock in {0} or any parent (run from the checkout or pass --source)")]
     NoCheckout(String),

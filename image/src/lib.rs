@@ -2,7 +2,8 @@
 //!
 //! From a per-role image spec (`image/specs/<role>.toml`) and the pinned inputs of
 //! `image/inputs.lock`, it builds an appliance image: `vmlinuz`, `initramfs.cpio.gz`, `cmdline`,
-//! the firmware the image is measured with, and `manifest.json` naming every input and output
+//! the firmware the image is measured with, `measurements.json` (the SEV-SNP launch digest of
+//! every launch configuration the spec lists) and `manifest.json` naming every input and output
 //! with its sha256.
 //!
 //! Reproducibility is the point: the same checkout gives the same bytes on any machine and in any
@@ -18,7 +19,9 @@ mod build;
 pub mod cpio;
 mod error;
 pub mod lock;
+pub mod measure;
 pub mod modules;
+pub mod pins;
 mod progress;
 pub mod spec;
 

@@ -28,6 +28,20 @@ struct RawSpec {
     services: Vec<ServiceConfig>,
     #[serde(rename = "port", default)]
     ports: Vec<PortSpec>,
+    snp: SnpLaunchConfigs,
+}
+
+/// The SEV-SNP launch configurations an image is measured (and pinned) for: every combination
+/// of the listed vCPU counts, vCPU types and guest features.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnpLaunchConfigs {
+    /// vCPU counts.
+    pub vcpus: Vec<u32>,
+    /// vCPU types, as `sev-snp-measure --vcpu-type` names them.
+    pub vcpu_types: Vec<String>,
+    /// Guest features, hex (`0x1`).
+    pub guest_features: Vec<String>,
 }
 
 /// A validated image spec.
@@ -53,6 +67,8 @@ pub struct ImageSpec {
     pub services: Vec<ServiceConfig>,
     /// Ports to forward.
     pub ports: Vec<PortSpec>,
+    /// Launch configurations to measure.
+    pub snp: SnpLaunchConfigs,
 }
 
 impl ImageSpec {
@@ -130,6 +146,28 @@ impl ImageSpec {
                 raw.health_port
             )));
         }
+        let snp = &raw.snp;
+        if snp.vcpus.is_empty() || snp.vcpu_types.is_empty() || snp.guest_features.is_empty() {
+            return Err(invalid(
+                "snp: vcpus, vcpu_types and guest_features must not be empty".into(),
+            ));
+        }
+        if let Some(n) = snp.vcpus.iter().find(|n| **n == 0 || **n > 512) {
+            return Err(invalid(format!(
+                "snp: {n} vCPUs is not a supported launch configuration"
+            )));
+        }
+        for name in &snp.vcpu_types {
+            coffer_measurements::snp::CpuSignature::from_vcpu_type(name)
+                .map_err(|e| invalid(format!("snp: {e}")))?;
+        }
+        for features in &snp.guest_features {
+            parse_hex_u64(features).ok_or_else(|| {
+                invalid(format!(
+                    "snp: guest feature value '{features}' is not hex like 0x1"
+                ))
+            })?;
+        }
         Ok(ImageSpec {
             role,
             package: raw.package,
@@ -141,8 +179,14 @@ impl ImageSpec {
             restart: raw.restart,
             services: raw.services,
             ports: raw.ports,
+            snp: raw.snp,
         })
     }
+}
+
+/// Parses `0x`-prefixed hex.
+pub fn parse_hex_u64(text: &str) -> Option<u64> {
+    u64::from_str_radix(text.strip_prefix("0x")?, 16).ok()
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -174,6 +218,11 @@ critical = true
 [[port]]
 name = "health"
 guest = 8080
+
+[snp]
+vcpus = [1]
+vcpu_types = ["EPYC-v4"]
+guest_features = ["0x1"]
 "#;
 
     #[test]

@@ -45,7 +45,7 @@ fn the_kms_image_builds_bit_for_bit_identical_from_two_checkout_paths() {
         .map(|e| e.unwrap().file_name())
         .collect();
     names.sort();
-    assert_eq!(names.len(), 5, "{names:?}");
+    assert_eq!(names.len(), 6, "{names:?}");
     for name in names {
         let a = std::fs::read(outputs[0].join(&name)).unwrap();
         let b = std::fs::read(outputs[1].join(&name)).unwrap();

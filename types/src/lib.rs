@@ -198,6 +198,59 @@ pub struct PortSpec {
     pub guest: u16,
 }
 
+/// File name of the measurement set inside an image directory.
+pub const MEASUREMENTS_FILE: &str = "measurements.json";
+
+/// Version of the [`MeasurementSet`] and [`PinFile`] formats. Bump on any incompatible change.
+pub const MEASUREMENTS_VERSION: u32 = 1;
+
+/// The launch measurements of one image build: one SEV-SNP launch digest per supported launch
+/// configuration. Written as `measurements.json` beside the image's artifacts; anyone can
+/// recompute it from those artifacts with `coffer measure snp`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeasurementSet {
+    /// [`MEASUREMENTS_VERSION`] at the time of writing.
+    pub format_version: u32,
+    /// Which appliance.
+    pub role: Role,
+    /// The workspace version the image was built from.
+    pub version: String,
+    /// sha256 of the image's initramfs: names the build the digests belong to.
+    pub initramfs_sha256: String,
+    /// Launch digests for QEMU measured direct boot (AmdSev OVMF, `kernel-hashes=on`).
+    pub snp: Vec<SnpLaunchDigest>,
+}
+
+/// One SEV-SNP launch configuration and its launch digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnpLaunchDigest {
+    /// VMM type as `sev-snp-measure` names it (`QEMU`).
+    pub vmm: String,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// vCPU type (`EPYC-v4`, `EPYC-Milan`, ...).
+    pub vcpu_type: String,
+    /// Guest features, hex (`0x1`).
+    pub guest_features: String,
+    /// The 48-byte launch digest, lower-case hex.
+    pub launch_digest: String,
+}
+
+/// Committed pins of a role (`measurements/pins/<role>.json`): an allow-list of measurement
+/// sets, the incoming build first, then the outgoing one(s) a release still accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinFile {
+    /// [`MEASUREMENTS_VERSION`] at the time of writing.
+    pub format_version: u32,
+    /// Which appliance.
+    pub role: Role,
+    /// Allowed builds, newest first.
+    pub sets: Vec<MeasurementSet>,
+}
+
 /// The body of a `GET /healthz` answer, shared by the services and the launcher.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {

@@ -1,0 +1,64 @@
+//! The committed pins (`measurements/pins/<role>.json`) are what this checkout builds.
+//!
+//! When a change moves a launch measurement, this test fails and says how to re-pin; the new pins
+//! then go through review with the change.
+
+use coffer_image::pins;
+use coffer_tests::{build_image, checkout, run};
+use coffer_types::{MeasurementSet, Role, MEASUREMENTS_FILE};
+
+#[test]
+fn every_image_reproduces_its_committed_pins() {
+    let mut failures = Vec::new();
+    for role in Role::ALL {
+        let out = tempfile::tempdir().unwrap();
+        build_image(role, out.path(), None);
+        let built: MeasurementSet =
+            serde_json::from_slice(&std::fs::read(out.path().join(MEASUREMENTS_FILE)).unwrap())
+                .unwrap();
+        let path = pins::pin_path(&checkout(), role);
+        let pinned = pins::load(&path).unwrap().expect("a pin file per role");
+        if let Err(why) = pins::check_reproduces(&pinned, &built) {
+            failures.push(format!("{role}: {why}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "the build no longer reproduces the committed pins:\n  {}\nIf the change is intended, re-pin with `make pin` and commit measurements/pins/.",
+        failures.join("\n  ")
+    );
+}
+
+#[test]
+fn the_measurement_set_agrees_with_coffer_measure() {
+    let out = tempfile::tempdir().unwrap();
+    build_image(Role::Client, out.path(), None);
+    let set: MeasurementSet =
+        serde_json::from_slice(&std::fs::read(out.path().join(MEASUREMENTS_FILE)).unwrap())
+            .unwrap();
+    let file = |name: &str| out.path().join(name).display().to_string();
+    let cmdline = std::fs::read_to_string(out.path().join("cmdline")).unwrap();
+    for entry in [&set.snp[0], set.snp.last().unwrap()] {
+        let vcpus = entry.vcpus.to_string();
+        let outcome = run(&[
+            "measure",
+            "snp",
+            "--vcpus",
+            &vcpus,
+            "--vcpu-type",
+            &entry.vcpu_type,
+            "--guest-features",
+            &entry.guest_features,
+            "--ovmf",
+            &file("firmware.fd"),
+            "--kernel",
+            &file("vmlinuz"),
+            "--initrd",
+            &file("initramfs.cpio.gz"),
+            "--append",
+            &cmdline,
+        ]);
+        assert_eq!(outcome.code, 0, "{outcome:?}");
+        assert_eq!(outcome.stdout.trim(), entry.launch_digest, "{entry:?}");
+    }
+}
