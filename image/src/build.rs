@@ -249,6 +249,8 @@ fn build_binary(root: &Path, package: &str) -> Result<VerifiedInput, ImageError>
         ])
         .env("CARGO_TARGET_DIR", &target_dir)
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        // C code (mimalloc) embeds __DATE__ and __TIME__; GCC takes them from here instead.
+        .env("SOURCE_DATE_EPOCH", "0")
         .env_remove("RUSTFLAGS")
         .output()
         .map_err(|e| ImageError::Cargo {

@@ -62,7 +62,12 @@ pub struct Outcome {
 
 /// Runs `coffer ARGS` to completion.
 pub fn run(args: &[&str]) -> Outcome {
-    let output = coffer().args(args).output().expect("run coffer");
+    run_command(coffer(), args)
+}
+
+/// Runs a prepared `coffer` command with ARGS to completion.
+pub fn run_command(mut command: Command, args: &[&str]) -> Outcome {
+    let output = command.args(args).output().expect("run coffer");
     Outcome {
         code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -1,12 +1,13 @@
 //! Reproducibility: two clones of the checkout, in different directories, build byte-identical
-//! images.
+//! images, the second with a cold build directory of its own (so nothing compiled earlier, at
+//! another time or from another path, is reused).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
 use std::process::Command;
 
-use coffer_tests::{checkout, run};
+use coffer_tests::{checkout, coffer, run_command};
 
 fn clone_to(dest: &Path) {
     let status = Command::new("git")
@@ -26,17 +27,25 @@ fn the_kms_image_builds_bit_for_bit_identical_from_two_checkout_paths() {
     clone_to(&first);
     clone_to(&second);
     let mut outputs = Vec::new();
+    let cold_target = tmp.path().join("cold-target");
     for (index, source) in [&first, &second].into_iter().enumerate() {
         let out = tmp.path().join(format!("out{index}"));
-        let outcome = run(&[
-            "image",
-            "build",
-            "kms",
-            "--source",
-            source.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let mut command = coffer();
+        if index == 1 {
+            command.env("CARGO_TARGET_DIR", &cold_target);
+        }
+        let outcome = run_command(
+            command,
+            &[
+                "image",
+                "build",
+                "kms",
+                "--source",
+                source.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
         assert_eq!(outcome.code, 0, "{outcome:?}");
         outputs.push(out);
     }
