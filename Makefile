@@ -44,6 +44,7 @@ test-qemu: deps
 
 bench: coffer
 	cargo run --locked --release -p coffer-bench --bin boot-bench
+	cargo run --locked --release -p coffer-bench --bin measure-bench
 
 lint:
 	cargo fmt --all -- --check

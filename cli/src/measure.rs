@@ -15,7 +15,8 @@ use anyhow::Context;
 use clap::builder::PossibleValuesParser;
 use clap::{ArgGroup, Args, ValueEnum};
 use coffer_measurements::snp::{
-    CpuSignature, GuestFeatures, LaunchDigest, SnpLaunch, Vmm, VCPU_TYPES,
+    firmware_digest, CpuSignature, GuestFeatures, LaunchDigest, SevHashes, SnpLaunch, Vmm,
+    VCPU_TYPES,
 };
 
 /// The flags of `sev-snp-measure --mode snp`.
@@ -117,14 +118,31 @@ pub fn run(args: &MeasureSnpArgs) -> anyhow::Result<String> {
         .map(|p| read(p, "initrd"))
         .transpose()?;
 
+    // The two big hashing jobs are independent: the SEV hashes table (SHA-256 of kernel and
+    // initrd) on a second thread while this one hashes the firmware pages (SHA-384).
+    let (hashes, firmware_pages) = std::thread::scope(|scope| {
+        let hashes = kernel.as_deref().map(|kernel| {
+            let (initrd, append) = (initrd.as_deref(), args.append.as_deref());
+            scope.spawn(move || SevHashes::new(kernel, initrd, append))
+        });
+        let firmware_pages = match &args.snp_ovmf_hash {
+            Some(hash) => hash.parse::<LaunchDigest>().context("--snp-ovmf-hash"),
+            None => firmware_digest(&firmware)
+                .with_context(|| format!("measuring {}", args.ovmf.display())),
+        };
+        let hashes = hashes
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("the hashing thread failed"))
+            })
+            .transpose();
+        (hashes, firmware_pages)
+    });
     let mut launch = SnpLaunch::new(&firmware, args.vcpus, vmm)
-        .guest_features(GuestFeatures::from_bits(args.guest_features));
-    if let Some(kernel) = &kernel {
-        launch = launch.direct_boot(kernel, initrd.as_deref(), args.append.as_deref());
-    }
-    if let Some(hash) = &args.snp_ovmf_hash {
-        let digest: LaunchDigest = hash.parse().context("--snp-ovmf-hash")?;
-        launch = launch.precomputed_firmware_digest(digest);
+        .guest_features(GuestFeatures::from_bits(args.guest_features))
+        .precomputed_firmware_digest(firmware_pages?);
+    if let Some(hashes) = hashes? {
+        launch = launch.direct_boot_hashes(hashes);
     }
     let digest = launch
         .measure()
