@@ -202,7 +202,9 @@ impl Supervisor {
                             };
                             self.on_exit(index, describe(&status), since.elapsed());
                         }
-                        None => debug!(pid = pid.as_raw(), "reaped orphan"),
+                        None => {
+                            info!(pid = pid.as_raw(), status = %describe(&status), "reaped orphan")
+                        }
                     }
                 }
                 Err(Errno::EINTR) => continue,

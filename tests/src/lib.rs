@@ -151,6 +151,18 @@ impl Vm {
         false
     }
 
+    /// Waits until the serial log contains `needle` at least `count` times, up to `timeout`.
+    pub fn wait_for_log_count(&self, needle: &str, count: usize, timeout: Duration) -> bool {
+        let started = std::time::Instant::now();
+        while started.elapsed() < timeout {
+            if self.serial().matches(needle).count() >= count {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+
     /// One `GET /healthz` from the host.
     pub fn health(&self) -> Result<coffer_types::Health, String> {
         tokio::runtime::Builder::new_current_thread()

@@ -85,11 +85,11 @@ fn spec_with(dir: &Path, service: &str, restart: &str) -> std::path::PathBuf {
 }
 
 #[test]
-fn a_crashing_service_is_restarted_with_backoff_then_given_up() {
+fn a_crashing_service_is_restarted_with_backoff_then_given_up_and_orphans_are_reaped() {
     let dir = tempfile::tempdir().unwrap();
     let spec = spec_with(
         dir.path(),
-        "[[service]]\nname = \"flaky\"\napplet = \"exit-after\"\nargs = [\"--ms\", \"300\", \"--code\", \"3\"]\nuid = 1000\ngid = 1000\ncritical = false\n",
+        "[[service]]\nname = \"flaky\"\napplet = \"exit-after\"\nargs = [\"--ms\", \"300\", \"--code\", \"3\", \"--orphan-ms\", \"200\"]\nuid = 1000\ngid = 1000\ncritical = false\n",
         "restart = { initial_backoff_ms = 100, max_backoff_ms = 400, max_restarts = 3, window_ms = 60000 }",
     );
     let image = dir.path().join("image");

@@ -41,6 +41,10 @@ enum Shared {
         /// Exit code.
         #[arg(long, default_value_t = 1)]
         code: u8,
+        /// Also leave behind a child that outlives this process by this many milliseconds: an
+        /// orphan the init must reap.
+        #[arg(long)]
+        orphan_ms: Option<u64>,
     },
     /// Print the image role and version.
     Version,
@@ -61,7 +65,28 @@ pub fn main(role: Role) -> ExitCode {
     service_startup();
     match cli.applet {
         Shared::Health(args) => health::run(role, &args),
-        Shared::ExitAfter { ms, code } => {
+        Shared::ExitAfter {
+            ms,
+            code,
+            orphan_ms,
+        } => {
+            if let Some(orphan_ms) = orphan_ms {
+                let orphan = std::env::current_exe().and_then(|exe| {
+                    std::process::Command::new(exe)
+                        .args([
+                            "exit-after",
+                            "--ms",
+                            &(ms + orphan_ms).to_string(),
+                            "--code",
+                            "0",
+                        ])
+                        .spawn()
+                });
+                match orphan {
+                    Ok(child) => tracing::info!(pid = child.id(), "exit-after: left an orphan"),
+                    Err(e) => tracing::warn!(error = %e, "exit-after: cannot spawn the orphan"),
+                }
+            }
             tracing::info!(ms, code, "exit-after: waiting");
             std::thread::sleep(Duration::from_millis(ms));
             tracing::warn!(code, "exit-after: exiting on purpose");
