@@ -10,7 +10,7 @@ export COFFER_VENV ?= $(HOME)/.cache/coffer/venv
 export PATH := $(COFFER_VENV)/bin:$(PATH)
 COFFER := $(CARGO_TARGET_DIR)/debug/coffer
 
-.PHONY: deps coffer images pin demo test test-unit test-qemu bench lint
+.PHONY: deps coffer images pin demo test test-unit test-qemu bench lint fuzz
 
 deps:
 	@scripts/install-deps.sh
@@ -49,3 +49,14 @@ bench: coffer
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
+
+# Every fuzz target for FUZZ_SECONDS each, from the corpus kept in fuzz/corpus/<target>/.
+# cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP=1 enables them on our pinned stable rustc.
+FUZZ_SECONDS ?= 20
+fuzz: deps
+	@cd fuzz && for target in $$(RUSTC_BOOTSTRAP=1 cargo fuzz list); do \
+		echo "make: fuzzing $$target for $(FUZZ_SECONDS)s"; \
+		RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)/fuzz cargo fuzz run $$target corpus/$$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 2>&1 | grep -E '^(Done|INFO: -max_total_time|==|SUMMARY)|stat::number_of_executed_units' ; \
+		test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	done

@@ -12,7 +12,8 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 packages=(qemu-system-x86 musl-tools git cpio)
 missing=()
 for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [ "$status" = "install ok installed" ] || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
@@ -23,19 +24,28 @@ else
 fi
 
 # The static target for appliance binaries.
-if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+targets=$(rustup target list --installed)
+if ! grep -qx x86_64-unknown-linux-musl <<<"$targets"; then
   say "adding the Rust target x86_64-unknown-linux-musl"
   rustup target add x86_64-unknown-linux-musl
 else
   say "Rust target x86_64-unknown-linux-musl present"
 fi
 
+# cargo-fuzz, for `make fuzz` (the fuzz targets of every parser that takes outside input).
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  say "installing cargo-fuzz (crates.io)"
+  cargo install --quiet --locked cargo-fuzz
+else
+  say "cargo-fuzz present"
+fi
+
 # The reference SEV-SNP launch-digest calculator, which our tests cross-check against. It lives
 # in a virtualenv outside the checkout (Debian's system pip refuses global installs); the Makefile
 # puts its bin/ on PATH.
 venv="${COFFER_VENV:-$HOME/.cache/coffer/venv}"
-if ! "$venv/bin/sev-snp-measure" --help >/dev/null 2>&1 \
-   || ! "$venv/bin/python" -m pip show sev-snp-measure 2>/dev/null | grep -qx 'Version: 0.0.13'; then
+installed=$("$venv/bin/python" -m pip show sev-snp-measure 2>/dev/null || true)
+if ! "$venv/bin/sev-snp-measure" --help >/dev/null 2>&1 || ! grep -qx 'Version: 0.0.13' <<<"$installed"; then
   say "installing sev-snp-measure 0.0.13 (PyPI) into $venv"
   if ! python3 -m venv "$venv" 2>/dev/null; then
     say "installing Debian package python3-venv"

@@ -1,0 +1,10 @@
+//! Image spec parsing and validation on arbitrary text.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = coffer_image::ImageSpec::parse(text, "fuzz.toml");
+    }
+});
