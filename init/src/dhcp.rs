@@ -45,7 +45,16 @@ pub(crate) fn acquire(interface: &str) -> Result<Lease, InitError> {
                 TOTAL.as_secs()
             )));
         }
-        send(&socket, &request(xid, &mac, MessageType::Discover, None))?;
+        send(
+            &socket,
+            &request(
+                xid,
+                &mac,
+                MessageType::Discover,
+                None,
+                Ipv4Addr::UNSPECIFIED,
+            ),
+        )?;
         let Some(offer) = receive(&socket, xid, MessageType::Offer, wait)? else {
             wait = (wait * 2).min(Duration::from_secs(8));
             continue;
@@ -58,6 +67,7 @@ pub(crate) fn acquire(interface: &str) -> Result<Lease, InitError> {
                 &mac,
                 MessageType::Request,
                 Some((offer.yiaddr(), server)),
+                Ipv4Addr::UNSPECIFIED,
             ),
         )?;
         match receive(&socket, xid, MessageType::Ack, wait)? {
@@ -67,15 +77,87 @@ pub(crate) fn acquire(interface: &str) -> Result<Lease, InitError> {
     }
 }
 
+/// A client message. `selected` (offered address, server) for a REQUEST after an OFFER;
+/// `ciaddr` is our current address when renewing (RFC 2131 section 4.3.2), else unspecified.
+/// Keeps a lease alive for as long as the appliance runs, on a thread of its own.
+///
+/// At T1 (half the lease) and then every minute it asks for the same address again (REQUEST
+/// with `ciaddr`, broadcast, so it also works when the server changed). An ACK for the same
+/// address extends the lease; NAKs and silence are retried until the lease runs out. An ACK for
+/// another address, or the lease running out, mean the appliance cannot keep its address: it
+/// asks the init to shut down (SIGTERM to PID 1), which stops the services and powers off
+/// (fail-stop; the cloud restarts the VM).
+pub(crate) fn keep(interface: String, lease: Lease) {
+    let spawned = std::thread::Builder::new()
+        .name("dhcp-renew".into())
+        .spawn(move || {
+            let reason = match renew_forever(&interface, lease) {
+                Ok(()) => return, // infinite lease: nothing to renew
+                Err(e) => e.to_string(),
+            };
+            tracing::error!(%interface, %reason, "DHCP lease lost; asking the init to shut down");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(1),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the DHCP renewal thread");
+    }
+}
+
+/// When to start renewing a lease of `secs` seconds, and when it runs out; `None` for a lease
+/// that never runs out (no lease time, or 0xffffffff as RFC 2131 defines "infinity").
+pub(crate) fn renewal_plan(secs: Option<u32>) -> Option<(Duration, Duration)> {
+    let secs = secs.filter(|s| *s != u32::MAX)?;
+    let expiry = Duration::from_secs(u64::from(secs));
+    Some((expiry / 2, expiry))
+}
+
+fn renew_forever(interface: &str, mut lease: Lease) -> Result<(), InitError> {
+    let mac = read_mac(interface)?;
+    let socket = bound_socket(interface)?;
+    loop {
+        let Some((t1, expiry)) = renewal_plan(lease.lease_secs) else {
+            return Ok(());
+        };
+        let granted = Instant::now();
+        std::thread::sleep(t1);
+        let xid = u32::from_be_bytes(random4()?);
+        lease = loop {
+            if granted.elapsed() >= expiry {
+                return Err(dhcp_err(format!("lease of {} expired", lease.address)));
+            }
+            let renew = request(xid, &mac, MessageType::Request, None, lease.address);
+            send(&socket, &renew)?;
+            let wait = Duration::from_secs(60).min(expiry.saturating_sub(granted.elapsed()));
+            match receive(&socket, xid, MessageType::Ack, wait)? {
+                Some(ack) => {
+                    let renewed = lease_from(&ack)?;
+                    if renewed.address != lease.address {
+                        return Err(dhcp_err(format!(
+                            "server moved us from {} to {}",
+                            lease.address, renewed.address
+                        )));
+                    }
+                    tracing::info!(%interface, address = %renewed.address, lease_s = ?renewed.lease_secs, "DHCP lease renewed");
+                    break renewed;
+                }
+                None => continue,
+            }
+        };
+    }
+}
+
 fn request(
     xid: u32,
     mac: &[u8; 6],
     kind: MessageType,
     selected: Option<(Ipv4Addr, Ipv4Addr)>,
+    ciaddr: Ipv4Addr,
 ) -> Message {
     let unspecified = Ipv4Addr::UNSPECIFIED;
-    let mut message =
-        Message::new_with_id(xid, unspecified, unspecified, unspecified, unspecified, mac);
+    let mut message = Message::new_with_id(xid, ciaddr, unspecified, unspecified, unspecified, mac);
     message.set_flags(Flags::default().set_broadcast());
     let options = message.opts_mut();
     options.insert(DhcpOption::MessageType(kind));
@@ -290,6 +372,26 @@ mod tests {
     fn a_non_contiguous_mask_is_refused() {
         let err = lease_from(&ack([255, 0, 255, 0])).unwrap_err().to_string();
         assert!(err.contains("not contiguous"), "{err}");
+    }
+
+    #[test]
+    fn renewal_starts_at_half_the_lease_and_infinity_is_never_renewed() {
+        assert_eq!(
+            renewal_plan(Some(3600)),
+            Some((Duration::from_secs(1800), Duration::from_secs(3600)))
+        );
+        assert_eq!(renewal_plan(Some(u32::MAX)), None);
+        assert_eq!(renewal_plan(None), None);
+    }
+
+    #[test]
+    fn a_renewal_carries_our_address_and_no_server_choice() {
+        let ours = Ipv4Addr::new(10, 1, 0, 4);
+        let message = request(9, &[2, 0, 0, 0, 0, 1], MessageType::Request, None, ours);
+        assert_eq!(message.ciaddr(), ours);
+        assert!(message.opts().get(OptionCode::ServerIdentifier).is_none());
+        assert!(message.opts().get(OptionCode::RequestedIpAddress).is_none());
+        assert_eq!(message.opts().msg_type(), Some(MessageType::Request));
     }
 
     #[test]

@@ -57,6 +57,7 @@ async fn configure_async(config: &NetworkConfig) -> Result<(), InitError> {
                 .map_err(|e| net_err("dhcp", e))??;
             apply(&handle, index, lease.address, lease.prefix, lease.router).await?;
             write_resolv_conf(&lease.dns);
+            dhcp::keep(interface.clone(), lease.clone());
             info!(
                 %interface,
                 address = %format!("{}/{}", lease.address, lease.prefix),
