@@ -1,6 +1,8 @@
 //! Reproducibility: two clones of the checkout, in different directories, build byte-identical
-//! images, the second with a cold build directory of its own (so nothing compiled earlier, at
-//! another time or from another path, is reused).
+//! images, each with a cold build directory of its own: nothing compiled earlier, at another time
+//! or from another path, is reused. (Sharing the test run's build directory would also be wrong
+//! the other way: cargo keys workspace crates by their checkout-relative paths, so a clone's
+//! fresher artifacts would later pass for the main checkout's.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -27,13 +29,10 @@ fn the_kms_image_builds_bit_for_bit_identical_from_two_checkout_paths() {
     clone_to(&first);
     clone_to(&second);
     let mut outputs = Vec::new();
-    let cold_target = tmp.path().join("cold-target");
     for (index, source) in [&first, &second].into_iter().enumerate() {
         let out = tmp.path().join(format!("out{index}"));
         let mut command = coffer();
-        if index == 1 {
-            command.env("CARGO_TARGET_DIR", &cold_target);
-        }
+        command.env("CARGO_TARGET_DIR", tmp.path().join(format!("cold-target{index}")));
         let outcome = run_command(
             command,
             &[
