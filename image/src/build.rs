@@ -97,7 +97,7 @@ pub fn build_image(
         "building {} (static {APPLIANCE_TARGET}, release)",
         spec.package
     ));
-    let binary = build_binary(root, &spec.package)?;
+    let binary = build_appliance_binary(root, &spec.package)?;
 
     progress.step("assembling the initramfs");
     let module_dir = format!("lib/modules/{}", lock.kernel.release);
@@ -218,9 +218,10 @@ fn compress(archive: &Archive) -> std::io::Result<Vec<u8>> {
     encoder.finish()
 }
 
-/// Builds the appliance binary with cargo, `--locked`, with paths that depend on this machine
-/// remapped so that the binary does not.
-fn build_binary(root: &Path, package: &str) -> Result<VerifiedInput, ImageError> {
+/// Builds a static appliance binary (cargo package `package` of the checkout at `root`) with
+/// cargo, `--locked`, for [`APPLIANCE_TARGET`], with paths that depend on this machine remapped
+/// and build times pinned, so that the binary does not depend on where or when it was built.
+pub fn build_appliance_binary(root: &Path, package: &str) -> Result<VerifiedInput, ImageError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

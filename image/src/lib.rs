@@ -25,7 +25,9 @@ pub mod pins;
 mod progress;
 pub mod spec;
 
-pub use build::{build_image, files, find_checkout, BuildRequest, APPLIANCE_TARGET};
+pub use build::{
+    build_appliance_binary, build_image, files, find_checkout, BuildRequest, APPLIANCE_TARGET,
+};
 pub use error::ImageError;
 pub use progress::Progress;
 pub use spec::ImageSpec;

@@ -92,6 +92,32 @@ pub fn build_image(role: Role, out: &Path, spec: Option<&Path>) {
     assert_eq!(outcome.code, 0, "image build failed: {outcome:?}");
 }
 
+/// The `measure snp` flags (as `sev-snp-measure` takes them) for a built image directory.
+pub fn measure_args(image: &Path, vcpus: u32, vcpu_type: &str, features: &str) -> Vec<String> {
+    let file = |name: &str| image.join(name).display().to_string();
+    let cmdline = std::fs::read_to_string(image.join("cmdline")).expect("the image's cmdline");
+    [
+        "--mode",
+        "snp",
+        "--vcpus",
+        &vcpus.to_string(),
+        "--vcpu-type",
+        vcpu_type,
+        "--guest-features",
+        features,
+        "--ovmf",
+        &file("firmware.fd"),
+        "--kernel",
+        &file("vmlinuz"),
+        "--initrd",
+        &file("initramfs.cpio.gz"),
+        "--append",
+        &cmdline,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// A VM started by a test; killed on drop if still running.
 pub struct Vm {
     /// Its record (ports, serial log, pid).

@@ -6,41 +6,22 @@
 
 use std::process::Command;
 
-use coffer_tests::{build_image, run};
+use coffer_tests::{build_image, measure_args, run};
 use coffer_types::Role;
 
 #[test]
 fn our_kms_image_measures_the_same_as_with_the_reference_tool() {
     let out = tempfile::tempdir().unwrap();
     build_image(Role::Kms, out.path(), None);
-    let file = |name: &str| out.path().join(name).display().to_string();
-    let cmdline = std::fs::read_to_string(out.path().join("cmdline")).unwrap();
-    for (vcpus, vcpu_type, features) in [("1", "EPYC-v4", "0x1"), ("4", "EPYC-Milan", "0x21")] {
-        let args = [
-            "--mode",
-            "snp",
-            "--vcpus",
-            vcpus,
-            "--vcpu-type",
-            vcpu_type,
-            "--guest-features",
-            features,
-            "--ovmf",
-            &file("firmware.fd"),
-            "--kernel",
-            &file("vmlinuz"),
-            "--initrd",
-            &file("initramfs.cpio.gz"),
-            "--append",
-            &cmdline,
-        ];
+    for (vcpus, vcpu_type, features) in [(1, "EPYC-v4", "0x1"), (4, "EPYC-Milan", "0x21")] {
+        let args = measure_args(out.path(), vcpus, vcpu_type, features);
         let reference = Command::new("sev-snp-measure")
-            .args(args)
+            .args(&args)
             .output()
             .expect("sev-snp-measure on PATH (pip install sev-snp-measure==0.0.13)");
         assert!(reference.status.success(), "{reference:?}");
         let mut ours_args = vec!["measure", "snp"];
-        ours_args.extend(args);
+        ours_args.extend(args.iter().map(String::as_str));
         let ours = run(&ours_args);
         assert_eq!(ours.code, 0, "{ours:?}");
         assert_eq!(

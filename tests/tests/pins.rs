@@ -4,7 +4,7 @@
 //! then go through review with the change.
 
 use coffer_image::pins;
-use coffer_tests::{build_image, checkout, run};
+use coffer_tests::{build_image, checkout, measure_args, run};
 use coffer_types::{MeasurementSet, Role, MEASUREMENTS_FILE};
 
 #[test]
@@ -36,28 +36,16 @@ fn the_measurement_set_agrees_with_coffer_measure() {
     let set: MeasurementSet =
         serde_json::from_slice(&std::fs::read(out.path().join(MEASUREMENTS_FILE)).unwrap())
             .unwrap();
-    let file = |name: &str| out.path().join(name).display().to_string();
-    let cmdline = std::fs::read_to_string(out.path().join("cmdline")).unwrap();
     for entry in [&set.snp[0], set.snp.last().unwrap()] {
-        let vcpus = entry.vcpus.to_string();
-        let outcome = run(&[
-            "measure",
-            "snp",
-            "--vcpus",
-            &vcpus,
-            "--vcpu-type",
+        let args = measure_args(
+            out.path(),
+            entry.vcpus,
             &entry.vcpu_type,
-            "--guest-features",
             &entry.guest_features,
-            "--ovmf",
-            &file("firmware.fd"),
-            "--kernel",
-            &file("vmlinuz"),
-            "--initrd",
-            &file("initramfs.cpio.gz"),
-            "--append",
-            &cmdline,
-        ]);
+        );
+        let mut ours = vec!["measure", "snp"];
+        ours.extend(args.iter().map(String::as_str));
+        let outcome = run(&ours);
         assert_eq!(outcome.code, 0, "{outcome:?}");
         assert_eq!(outcome.stdout.trim(), entry.launch_digest, "{entry:?}");
     }

@@ -32,7 +32,10 @@ fn the_kms_image_builds_bit_for_bit_identical_from_two_checkout_paths() {
     for (index, source) in [&first, &second].into_iter().enumerate() {
         let out = tmp.path().join(format!("out{index}"));
         let mut command = coffer();
-        command.env("CARGO_TARGET_DIR", tmp.path().join(format!("cold-target{index}")));
+        command.env(
+            "CARGO_TARGET_DIR",
+            tmp.path().join(format!("cold-target{index}")),
+        );
         let outcome = run_command(
             command,
             &[

@@ -13,13 +13,12 @@
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use coffer_bench::summarize;
 use coffer_image::cpio::{Archive, Node};
-use coffer_image::{BuildRequest, Progress, APPLIANCE_TARGET};
+use coffer_image::{BuildRequest, Progress};
 use coffer_qemu::{Accel, LaunchOptions, VmRecord};
 use coffer_types::{ImageManifest, Role};
 use nix::sys::signal::{kill, Signal};
@@ -176,31 +175,7 @@ fn boot_baseline(image: &Path, state: &Path) -> anyhow::Result<Duration> {
 /// The baseline image: our kms image's kernel, command line and firmware, with an initramfs that
 /// holds only `/init` (the trivial init) and `/dev/console`.
 fn build_baseline(checkout: &Path, ours: &Path, out: &Path) -> anyhow::Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(checkout)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--target",
-            APPLIANCE_TARGET,
-            "-p",
-            "coffer-baseline-init",
-        ])
-        .status()
-        .context("run cargo")?;
-    if !status.success() {
-        bail!("building coffer-baseline-init failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| checkout.join("target"));
-    let init = std::fs::read(
-        target
-            .join(APPLIANCE_TARGET)
-            .join("release/coffer-baseline-init"),
-    )?;
+    let init = coffer_image::build_appliance_binary(checkout, "coffer-baseline-init")?.bytes;
     let mut archive = Archive::new();
     archive.add("dev/console", Node::CharDevice(0o600, 5, 1));
     archive.add("init", Node::File(0o555, init));
