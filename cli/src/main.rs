@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod measure;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +53,17 @@ enum Command {
     /// Compute launch measurements offline, from image artifacts.
     #[command(subcommand)]
     Measure(MeasureCommand),
+    /// Verify attestation evidence.
+    #[command(subcommand)]
+    Verify(VerifyCommand),
+}
+
+#[derive(Subcommand)]
+enum VerifyCommand {
+    /// Verify an SEV-SNP attestation report: AMD chain, signature, certificate dates, chip ID and
+    /// TCB against the certificate, and (with --policy) every policy check. Exit 0 accepted,
+    /// 1 rejected, 2 unusable input.
+    Report(verify::VerifyReportArgs),
 }
 
 #[derive(Subcommand)]
@@ -149,7 +161,7 @@ fn parse_port(text: &str) -> Result<(String, u16), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("coffer: error: {err:#}");
             ExitCode::from(exit_code(&err))
@@ -189,9 +201,18 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let state_dir = cli.state_dir.unwrap_or_else(coffer_qemu::default_state_dir);
     match cli.command {
+        // Verification has its own exit codes (0 accepted, 1 rejected, 2 unusable input) and
+        // prints its own reasons.
+        Command::Verify(VerifyCommand::Report(args)) => Ok(ExitCode::from(verify::run(&args)?)),
+        command => dispatch(command, state_dir).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn dispatch(command: Command, state_dir: PathBuf) -> anyhow::Result<()> {
+    match command {
         Command::Image(ImageCommand::Build {
             role,
             out,
@@ -262,6 +283,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", measure::run(&args)?);
             Ok(())
         }
+        Command::Verify(_) => anyhow::bail!("internal: `verify` is answered by run()"),
         Command::Ps => {
             for vm in coffer_qemu::state::list(&state_dir) {
                 let state = if vm.is_running() { "running" } else { "exited" };

@@ -1,0 +1,216 @@
+//! The certificate chain: ARK → ASK → VCEK, or ARK → ASVK → VLEK.
+//!
+//! The VEK's issuer name selects the generation and the kind of key (`SEV-Milan` signs Milan
+//! VCEKs, `SEV-VLEK-Milan` Milan VLEKs, ...). That name is not trusted for itself: it only picks
+//! which built-in ARK the chain must end at, and the signatures then have to verify. Every link
+//! is checked for its signature (AMD's RSASSA-PSS profile, issuer name equal to the issuer's
+//! subject) and every certificate for its dates against the caller's clock.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::certs::Certificate;
+use crate::checks::results::{CertRole, CheckId, CheckResult};
+use crate::roots::AmdRoots;
+use crate::tcb::Generation;
+use crate::time::Timestamp;
+
+/// Which kind of versioned endorsement key signed the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum VekKind {
+    /// Versioned Chip Endorsement Key: unique to the chip and its TCB; carries the chip ID.
+    Vcek,
+    /// Versioned Loaded Endorsement Key: provisioned by a cloud provider, no chip ID.
+    Vlek,
+}
+
+impl VekKind {
+    /// The role of this key in a chain.
+    pub fn role(self) -> CertRole {
+        match self {
+            VekKind::Vcek => CertRole::Vcek,
+            VekKind::Vlek => CertRole::Vlek,
+        }
+    }
+
+    /// The role of the intermediate that signs this kind of key (ASK or ASVK).
+    pub fn intermediate_role(self) -> CertRole {
+        match self {
+            VekKind::Vcek => CertRole::Ask,
+            VekKind::Vlek => CertRole::Asvk,
+        }
+    }
+}
+
+impl fmt::Display for VekKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VekKind::Vcek => "VCEK",
+            VekKind::Vlek => "VLEK",
+        })
+    }
+}
+
+/// The generation and kind of key an AMD issuer common name stands for.
+pub fn classify_issuer(issuer_cn: &str) -> Option<(Generation, VekKind)> {
+    Generation::ALL.into_iter().find_map(|g| {
+        if issuer_cn == format!("SEV-{}", g.name()) {
+            Some((g, VekKind::Vcek))
+        } else if issuer_cn == format!("SEV-VLEK-{}", g.name()) {
+            Some((g, VekKind::Vlek))
+        } else {
+            None
+        }
+    })
+}
+
+/// The chain checks and what they established.
+#[derive(Debug, Clone)]
+pub(crate) struct ChainOutcome {
+    pub generation: Option<Generation>,
+    pub kind: Option<VekKind>,
+    pub checks: Vec<CheckResult>,
+}
+
+/// Checks the chain from `vek` up to the built-in ARK of its generation. `ask` (ASK or ASVK) and
+/// `ark` are the certificates that came with the evidence, if any; without them the built-in
+/// ones are used.
+pub(crate) fn check_chain(
+    vek: &Certificate,
+    ask: Option<&Certificate>,
+    ark: Option<&Certificate>,
+    roots: &AmdRoots,
+    at: Timestamp,
+) -> ChainOutcome {
+    let mut checks = Vec::new();
+    let issuer_cn = vek.issuer_cn().unwrap_or_default();
+    let classified = classify_issuer(&issuer_cn);
+    let set = classified.and_then(|(g, _)| roots.get(g));
+    checks.push(CheckResult::new(
+        CheckId::ChainVekIssuer,
+        set.is_some(),
+        "issued by SEV-<Milan|Genoa|Turin> (VCEK) or SEV-VLEK-<Milan|Genoa|Turin> (VLEK)",
+        match classified {
+            Some((g, kind)) => format!("issuer CN={issuer_cn}: {g} {kind}"),
+            None => format!("issuer CN={issuer_cn:?}: no AMD chain for it, nothing to verify"),
+        },
+    ));
+    let (Some((generation, kind)), Some(set)) = (classified, set) else {
+        return ChainOutcome {
+            generation: None,
+            kind: None,
+            checks,
+        };
+    };
+
+    // The ARK: always the built-in one; one given with the evidence must be identical.
+    let builtin_ark = &set.ark;
+    let fingerprint = |c: &Certificate| hex::encode(c.sha256());
+    checks.push(match ark {
+        None => CheckResult::new(
+            CheckId::ChainArkPinned,
+            true,
+            format!(
+                "built-in ARK-{generation} sha256 {}",
+                fingerprint(builtin_ark)
+            ),
+            "none given: the built-in ARK is used",
+        ),
+        Some(given) => CheckResult::new(
+            CheckId::ChainArkPinned,
+            given == builtin_ark,
+            format!(
+                "built-in ARK-{generation} sha256 {}",
+                fingerprint(builtin_ark)
+            ),
+            format!(
+                "given {} sha256 {}",
+                given.subject_cn().unwrap_or_default(),
+                fingerprint(given)
+            ),
+        ),
+    });
+    checks.push(signature_check(CertRole::Ark, builtin_ark, builtin_ark));
+
+    let builtin_intermediate = match kind {
+        VekKind::Vcek => &set.ask,
+        VekKind::Vlek => &set.asvk,
+    };
+    let intermediate = ask.unwrap_or(builtin_intermediate);
+    let intermediate_role = kind.intermediate_role();
+    checks.push(signature_check(
+        intermediate_role,
+        intermediate,
+        builtin_ark,
+    ));
+    checks.push(signature_check(kind.role(), vek, intermediate));
+
+    for (role, cert) in [
+        (CertRole::Ark, builtin_ark),
+        (intermediate_role, intermediate),
+        (kind.role(), vek),
+    ] {
+        checks.push(validity_check(role, cert, at));
+    }
+    ChainOutcome {
+        generation: Some(generation),
+        kind: Some(kind),
+        checks,
+    }
+}
+
+fn signature_check(role: CertRole, cert: &Certificate, issuer: &Certificate) -> CheckResult {
+    let subject = cert.subject_cn().unwrap_or_default();
+    let issuer_cn = issuer.subject_cn().unwrap_or_default();
+    let expected = format!("{subject} signed by {issuer_cn} (RSASSA-PSS SHA-384)");
+    let outcome = if !cert.issued_by_name(issuer) {
+        Err(format!(
+            "{subject}'s issuer is CN={}, but the certificate above it is CN={issuer_cn}",
+            cert.issuer_cn().unwrap_or_default()
+        ))
+    } else {
+        cert.verify_signed_by(issuer)
+    };
+    match outcome {
+        Ok(()) => CheckResult::new(CheckId::ChainSignature(role), true, expected, "verified"),
+        Err(why) => CheckResult::new(CheckId::ChainSignature(role), false, expected, why),
+    }
+}
+
+fn validity_check(role: CertRole, cert: &Certificate, at: Timestamp) -> CheckResult {
+    let (from, to) = (cert.not_before(), cert.not_after());
+    let state = if at < from {
+        "not yet valid"
+    } else if at > to {
+        "expired"
+    } else {
+        "valid"
+    };
+    CheckResult::new(
+        CheckId::ChainValidity(role),
+        cert.valid_at(at),
+        format!("{} valid at {at}", cert.subject_cn().unwrap_or_default()),
+        format!("notBefore {from}, notAfter {to}: {state}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issuer_names_map_to_generation_and_kind() {
+        assert_eq!(
+            classify_issuer("SEV-Milan"),
+            Some((Generation::Milan, VekKind::Vcek))
+        );
+        assert_eq!(
+            classify_issuer("SEV-VLEK-Turin"),
+            Some((Generation::Turin, VekKind::Vlek))
+        );
+        assert_eq!(classify_issuer("ARK-Milan"), None);
+        assert_eq!(classify_issuer("SEV-milan"), None);
+        assert_eq!(classify_issuer(""), None);
+    }
+}
