@@ -64,6 +64,9 @@ enum VerifyCommand {
     /// TCB against the certificate, and (with --policy) every policy check. Exit 0 accepted,
     /// 1 rejected, 2 unusable input.
     Report(verify::VerifyReportArgs),
+    /// Verify Azure confidential-VM evidence (HCL report with its SEV-SNP report, vTPM quote):
+    /// both halves must pass. Exit 0 accepted, 1 rejected, 2 unusable input.
+    Azure(verify::VerifyAzureArgs),
 }
 
 #[derive(Subcommand)]
@@ -207,6 +210,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         // Verification has its own exit codes (0 accepted, 1 rejected, 2 unusable input) and
         // prints its own reasons.
         Command::Verify(VerifyCommand::Report(args)) => Ok(ExitCode::from(verify::run(&args)?)),
+        Command::Verify(VerifyCommand::Azure(args)) => {
+            Ok(ExitCode::from(verify::run_azure(&args)?))
+        }
         command => dispatch(command, state_dir).map(|()| ExitCode::SUCCESS),
     }
 }

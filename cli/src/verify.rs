@@ -317,3 +317,121 @@ fn raw_or_hex(bytes: Vec<u8>) -> Vec<u8> {
         .map(|p| nibble(p[0]) << 4 | nibble(p[1]))
         .collect()
 }
+
+/// `coffer verify azure --evidence E --nonce HEX [--policy P] [--pcr-pins F] [--at TIME]`.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyAzureArgs {
+    /// Azure vTPM evidence: Trustee `az-snp-vtpm` JSON (version 1 or 2) with the HCL report, the
+    /// VCEK and the TPM2 quote.
+    #[arg(long, value_name = "FILE")]
+    pub evidence: PathBuf,
+    /// The nonce the quote must carry (hex): the verifier's own, fresh challenge.
+    #[arg(long, value_name = "HEX")]
+    pub nonce: String,
+    /// SEV-SNP policy (TOML) for the report inside the HCL report: on Azure pin policy, TCB and
+    /// Microsoft's id_key digest there, not report_data (it is the claims hash, checked here).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// PCR pins (TOML: `"11" = ["<64 hex digits>", ...]`) for the image; without them only
+    /// authenticity is checked.
+    #[arg(long, value_name = "FILE")]
+    pub pcr_pins: Option<PathBuf>,
+    /// Check certificate dates at this time (RFC 3339) instead of now.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub at: Option<Timestamp>,
+}
+
+/// Runs `coffer verify azure`: the SNP half (coffer-verify, on the report inside the HCL report)
+/// and the vTPM half (coffer-vtpm: claims binding, AK, quote, nonce, PCRs). Accepted only if
+/// both pass. Exit codes as for `verify report`.
+pub fn run_azure(args: &VerifyAzureArgs) -> anyhow::Result<u8> {
+    let loaded = (|| -> anyhow::Result<_> {
+        let bytes = read(&args.evidence)?;
+        let evidence = coffer_vtpm::evidence::parse_trustee_json(&bytes)
+            .with_context(|| format!("evidence {}", args.evidence.display()))?;
+        let hcl = coffer_vtpm::HclReport::parse(&evidence.hcl_report)
+            .with_context(|| format!("HCL report in {}", args.evidence.display()))?;
+        let snp = hcl
+            .snp_report()
+            .context("the HCL report holds no SEV-SNP report (TDX is not supported here)")?;
+        let snp = Evidence::parse(snp, &evidence.vcek, None, None)
+            .with_context(|| format!("SEV-SNP evidence in {}", args.evidence.display()))?;
+        let nonce = hex::decode(&args.nonce).context("--nonce is not hex")?;
+        let policy = match &args.policy {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read policy {}", path.display()))?;
+                Some(
+                    Policy::from_toml(&text)
+                        .with_context(|| format!("policy {}", path.display()))?,
+                )
+            }
+            None => None,
+        };
+        let pins = args.pcr_pins.as_deref().map(pcr_pins).transpose()?;
+        let at = match args.at {
+            Some(at) => at,
+            None => Timestamp::now().context("reading the system clock")?,
+        };
+        Ok((evidence, hcl, snp, nonce, policy, pins, at))
+    })();
+    let (evidence, hcl, snp, nonce, policy, pins, at) = match loaded {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("coffer: error: {err:#}");
+            return Ok(2);
+        }
+    };
+    let roots = AmdRoots::builtin().context("the built-in AMD roots do not parse")?;
+    let snp_verdict = match &policy {
+        Some(policy) => verify(&snp, &roots, policy, at),
+        None => verify_authenticity_only(&snp, &roots, at),
+    };
+    let vtpm_verdict = match &pins {
+        Some(pins) => coffer_vtpm::verify_azure_vtpm(&hcl, &evidence.quote, &nonce, pins),
+        None => coffer_vtpm::verify_azure_vtpm_authenticity(&hcl, &evidence.quote, &nonce),
+    };
+    println!("SEV-SNP report (inside the HCL report):");
+    print!("{}", render_text(&snp_verdict, None));
+    println!();
+    println!("vTPM (claims binding, AK, quote, PCRs):");
+    println!("{vtpm_verdict}");
+    let accepted = snp_verdict.accepted() && vtpm_verdict.passed();
+    let scope = if policy.is_some() && pins.is_some() {
+        "policy and PCR pins applied"
+    } else {
+        "authenticity only for the parts without a policy or pins"
+    };
+    println!(
+        "{}: Azure vTPM evidence ({scope})",
+        if accepted { "ACCEPTED" } else { "REJECTED" }
+    );
+    Ok(if accepted { 0 } else { 1 })
+}
+
+/// Reads PCR pins: TOML keys are PCR indices, values lists of allowed sha256 values (hex).
+fn pcr_pins(path: &Path) -> anyhow::Result<coffer_vtpm::PcrPins> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read PCR pins {}", path.display()))?;
+    let table: std::collections::BTreeMap<String, Vec<String>> =
+        toml::from_str(&text).with_context(|| format!("PCR pins {}", path.display()))?;
+    let mut pins = coffer_vtpm::PcrPins::new();
+    for (index, values) in table {
+        let index: u8 = index.parse().with_context(|| {
+            format!("PCR pins {}: '{index}' is not a PCR index", path.display())
+        })?;
+        let values = values
+            .iter()
+            .map(|v| {
+                let bytes = hex::decode(v)
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok());
+                bytes.with_context(|| format!("PCR {index}: '{v}' is not 64 hex digits"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        pins = pins
+            .pin(index, values)
+            .with_context(|| format!("PCR pins {}", path.display()))?;
+    }
+    Ok(pins)
+}

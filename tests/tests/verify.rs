@@ -100,3 +100,44 @@ fn unusable_input_exits_2_with_the_file_named() {
     );
     assert!(!outcome.stderr.contains("panicked"), "{outcome:?}");
 }
+
+/// Real Azure CVM evidence (Trustee az-snp-vtpm, version 2): both halves verify with the
+/// quote's own nonce; another nonce is refused by name.
+#[test]
+fn real_azure_evidence_verifies_and_a_wrong_nonce_is_refused() {
+    let evidence = checkout()
+        .join("attestation/vtpm/testdata/trustee/az-snp-vtpm_evidence-v2.json")
+        .display()
+        .to_string();
+    let nonce = "982f5c6e45df0ed3f10b6f60b02f0c8390e281300f3805e2279c16168cd6ae9aa398f647caa2338748cd0fd9f5f819ef";
+    let args = |nonce: &str| {
+        [
+            "verify",
+            "azure",
+            "--evidence",
+            &evidence,
+            "--nonce",
+            nonce,
+            "--at",
+            "2026-01-01T00:00:00Z",
+        ]
+        .map(str::to_owned)
+    };
+    let ok = run(&args(nonce).iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(ok.stdout.contains("PASS report.signature"), "{ok:?}");
+    assert!(ok.stdout.contains("quote.signature: passed"), "{ok:?}");
+    assert!(
+        ok.stdout.contains("ACCEPTED: Azure vTPM evidence"),
+        "{ok:?}"
+    );
+
+    let bad = run(&args("00ff").iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(
+        bad.stdout
+            .contains("quote.nonce: FAILED (expected 00ff, got 982f5c6e"),
+        "{bad:?}"
+    );
+    assert!(bad.stdout.contains("REJECTED"), "{bad:?}");
+}

@@ -29,6 +29,21 @@ pub fn verify_azure_vtpm(
     nonce: &[u8],
     pins: &PcrPins,
 ) -> Verification {
+    verify(hcl, quote, nonce, Some(pins))
+}
+
+/// [`verify_azure_vtpm`] without PCR pins: the evidence is genuine and fresh (binding, AK, quote
+/// signature, nonce, PCR digest), but nothing is said about *what* booted. Never release a
+/// secret on this alone.
+pub fn verify_azure_vtpm_authenticity(
+    hcl: &HclReport,
+    quote: &Quote,
+    nonce: &[u8],
+) -> Verification {
+    verify(hcl, quote, nonce, None)
+}
+
+fn verify(hcl: &HclReport, quote: &Quote, nonce: &[u8], pins: Option<&PcrPins>) -> Verification {
     let mut v = hcl.check_binding();
     let ak = hcl.ak_public_key();
     v.push(match &ak {

@@ -38,6 +38,7 @@ pub mod ak;
 pub mod azure;
 pub mod check;
 pub mod eventlog;
+pub mod evidence;
 pub mod hcl;
 pub mod pe;
 pub mod pins;
@@ -47,7 +48,7 @@ mod reader;
 pub mod tpm;
 
 pub use ak::AkPublicKey;
-pub use azure::verify_azure_vtpm;
+pub use azure::{verify_azure_vtpm, verify_azure_vtpm_authenticity};
 pub use check::{CheckId, CheckResult, Outcome, Verification};
 pub use eventlog::EventLog;
 pub use hcl::{HclReport, RuntimeClaims};

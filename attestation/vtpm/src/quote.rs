@@ -205,16 +205,17 @@ fn pair_pcrs(attest: &Attest, values: &[[u8; 32]]) -> (BTreeMap<u8, [u8; 32]>, O
 /// are reported; pass only if [`Verification::passed`]. The nonce must be the verifier's own,
 /// fresh and non-empty.
 pub fn verify_quote(ak: &AkPublicKey, quote: &Quote, nonce: &[u8], pins: &PcrPins) -> Verification {
-    verify_quote_inner(Some(ak), quote, nonce, pins)
+    verify_quote_inner(Some(ak), quote, nonce, Some(pins))
 }
 
 /// [`verify_quote`] with the AK possibly missing (the end-to-end Azure path, when the claims
 /// hold no usable AK): the signature check then fails and every other check still runs.
+/// Without `pins` (authenticity only) no PCR is judged.
 pub(crate) fn verify_quote_inner(
     ak: Option<&AkPublicKey>,
     quote: &Quote,
     nonce: &[u8],
-    pins: &PcrPins,
+    pins: Option<&PcrPins>,
 ) -> Verification {
     let mut v = Verification::default();
 
@@ -284,7 +285,9 @@ pub(crate) fn verify_quote_inner(
         ] {
             v.push(CheckResult::fail(id, "a parsed quote", NOT_EVALUATED));
         }
-        v.extend(pins.check(&BTreeMap::new()));
+        if let Some(pins) = pins {
+            v.extend(pins.check(&BTreeMap::new()));
+        }
         return v;
     };
 
@@ -329,6 +332,8 @@ pub(crate) fn verify_quote_inner(
         },
     ));
 
-    v.extend(pins.check(&pcrs));
+    if let Some(pins) = pins {
+        v.extend(pins.check(&pcrs));
+    }
     v
 }
