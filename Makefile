@@ -45,6 +45,7 @@ test-qemu: deps
 bench: coffer
 	cargo run --locked --release -p coffer-bench --bin boot-bench
 	cargo run --locked --release -p coffer-bench --bin measure-bench
+	cargo run --locked --release -p coffer-bench --bin verify-bench
 
 lint:
 	cargo fmt --all -- --check
