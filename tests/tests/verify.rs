@@ -141,3 +141,77 @@ fn real_azure_evidence_verifies_and_a_wrong_nonce_is_refused() {
     );
     assert!(bad.stdout.contains("REJECTED"), "{bad:?}");
 }
+
+/// On Azure the launch measurement is Microsoft's firmware: the policy pins its ID key instead,
+/// and the image is pinned by PCRs.
+#[test]
+fn azure_policy_pins_the_id_key_and_the_pcrs() {
+    let dir = tempfile::tempdir().unwrap();
+    let evidence_path =
+        checkout().join("attestation/vtpm/testdata/trustee/az-snp-vtpm_evidence-v2.json");
+    let evidence: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&evidence_path).unwrap()).unwrap();
+    let pcr11 = evidence["tpm_quote"]["pcrs"][11]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let report = std::fs::read(testdata("trustee/derived/az-v2-milan_snp-report.bin")).unwrap();
+    let id_key: String = report[0xE0..0x110]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let write_policy = |id_key: &str| {
+        let path = dir.path().join(format!("policy-{}.toml", &id_key[..4]));
+        std::fs::write(
+            &path,
+            format!(
+                "min_report_version = 2\nallowed_processors = [\"milan\"]\nallowed_vmpl = [0]\nallow_smt = true\n\
+                 any_measurement_with_pinned_id_key = true\nallowed_id_key_digests = [\"{id_key}\"]\n\
+                 [min_tcb.milan]\nreported = {{ bl = 3, tee = 0, snp = 20, ucode = 200 }}\n\
+                 committed = {{ bl = 3, tee = 0, snp = 20, ucode = 200 }}\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let write_pins = |value: &str| {
+        let path = dir.path().join(format!("pcrs-{}.toml", &value[..4]));
+        std::fs::write(&path, format!("\"11\" = [\"{value}\"]\n")).unwrap();
+        path
+    };
+    let verify = |policy: &std::path::Path, pins: &std::path::Path| {
+        run(&[
+            "verify",
+            "azure",
+            "--evidence",
+            evidence_path.to_str().unwrap(),
+            "--nonce",
+            "982f5c6e45df0ed3f10b6f60b02f0c8390e281300f3805e2279c16168cd6ae9aa398f647caa2338748cd0fd9f5f819ef",
+            "--at",
+            "2026-01-01T00:00:00Z",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--pcr-pins",
+            pins.to_str().unwrap(),
+        ])
+    };
+    let ok = verify(&write_policy(&id_key), &write_pins(&pcr11));
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(ok.stdout.contains("PASS policy.id_key_digest"), "{ok:?}");
+    assert!(ok.stdout.contains("pcr.11: passed"), "{ok:?}");
+    assert!(
+        ok.stdout.contains("(policy and PCR pins applied)"),
+        "{ok:?}"
+    );
+
+    let other_key = verify(&write_policy(&"ab".repeat(48)), &write_pins(&pcr11));
+    assert_eq!(other_key.code, 1, "{other_key:?}");
+    assert!(
+        other_key.stdout.contains("FAIL policy.id_key_digest"),
+        "{other_key:?}"
+    );
+
+    let other_pcr = verify(&write_policy(&id_key), &write_pins(&"ee".repeat(32)));
+    assert_eq!(other_pcr.code, 1, "{other_pcr:?}");
+    assert!(other_pcr.stdout.contains("pcr.11: FAILED"), "{other_pcr:?}");
+}

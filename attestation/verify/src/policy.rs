@@ -50,8 +50,15 @@ pub struct PolicyFile {
     pub min_report_version: u32,
     /// Processor generations accepted (`milan`, `genoa`, `turin`).
     pub allowed_processors: Vec<Generation>,
-    /// Launch measurements accepted, hex (96 digits each).
+    /// Launch measurements accepted, hex (96 digits each). May be empty only with
+    /// `any_measurement_with_pinned_id_key`.
+    #[serde(default)]
     pub allowed_measurements: Vec<String>,
+    /// Accept any launch measurement, relying on `allowed_id_key_digests` instead. For Azure
+    /// confidential VMs, whose measured firmware is Microsoft's paravisor and changes often: the
+    /// image is then pinned by vTPM PCRs, and the firmware by Microsoft's ID key. Default: no.
+    #[serde(default)]
+    pub any_measurement_with_pinned_id_key: bool,
     /// VMPLs accepted (0 unless an SVSM runs below the guest OS).
     pub allowed_vmpl: Vec<u32>,
     /// Accept guests launched with debugging allowed. Default: no.
@@ -151,6 +158,8 @@ pub struct Policy {
     pub allowed_processors: Vec<Generation>,
     /// Launch measurements accepted.
     pub allowed_measurements: Vec<[u8; 48]>,
+    /// Any measurement is accepted; `allowed_id_key_digests` is then required (Azure).
+    pub any_measurement_with_pinned_id_key: bool,
     /// VMPLs accepted.
     pub allowed_vmpl: Vec<u32>,
     /// Accept POLICY.DEBUG set.
@@ -208,7 +217,18 @@ impl Policy {
                 "empty: nothing would be accepted".into(),
             ));
         }
-        if file.allowed_measurements.is_empty() {
+        if file.any_measurement_with_pinned_id_key {
+            if file
+                .allowed_id_key_digests
+                .as_ref()
+                .is_none_or(Vec::is_empty)
+            {
+                return Err(invalid(
+                    "any_measurement_with_pinned_id_key",
+                    "needs allowed_id_key_digests: otherwise any firmware would be accepted".into(),
+                ));
+            }
+        } else if file.allowed_measurements.is_empty() {
             return Err(invalid(
                 "allowed_measurements",
                 "empty: nothing would be accepted".into(),
@@ -279,7 +299,12 @@ impl Policy {
                 .map(|v| to_array(field, v))
                 .collect()
         };
-        let allowed_measurements = fixed("allowed_measurements", &file.allowed_measurements)?;
+        // Empty only with any_measurement_with_pinned_id_key (checked above).
+        let allowed_measurements = if file.allowed_measurements.is_empty() {
+            Vec::new()
+        } else {
+            fixed("allowed_measurements", &file.allowed_measurements)?
+        };
         let allowed_cpuid = match file.allowed_cpuid {
             Some(list) if list.is_empty() => {
                 return Err(invalid(
@@ -332,6 +357,7 @@ impl Policy {
             min_report_version: file.min_report_version,
             allowed_processors: file.allowed_processors,
             allowed_measurements,
+            any_measurement_with_pinned_id_key: file.any_measurement_with_pinned_id_key,
             allowed_vmpl: file.allowed_vmpl,
             allow_debug: file.allow_debug,
             allow_migration_agent: file.allow_migration_agent,
@@ -398,6 +424,25 @@ reported = {{ fmc = 1, bl = 3, tee = 2, snp = 5, ucode = 97 }}
 committed = {{ fmc = 1, bl = 3, tee = 2, snp = 5, ucode = 97 }}
 "#
         )
+    }
+
+    #[test]
+    fn any_measurement_needs_a_pinned_id_key() {
+        let base = "min_report_version = 2\nallowed_processors = [\"milan\"]\nallowed_vmpl = [0]\n\
+                    any_measurement_with_pinned_id_key = true\n";
+        let tcb = "[min_tcb.milan]\nreported = { bl = 0, tee = 0, snp = 0, ucode = 0 }\n\
+                   committed = { bl = 0, tee = 0, snp = 0, ucode = 0 }\n";
+        let err = Policy::from_toml(&format!("{base}{tcb}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs allowed_id_key_digests"), "{err}");
+        let with_key = format!(
+            "{base}allowed_id_key_digests = [\"{}\"]\n{tcb}",
+            "ab".repeat(48)
+        );
+        let policy = Policy::from_toml(&with_key).unwrap();
+        assert!(policy.any_measurement_with_pinned_id_key);
+        assert!(policy.allowed_measurements.is_empty());
     }
 
     #[test]

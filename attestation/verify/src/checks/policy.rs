@@ -51,11 +51,16 @@ pub(crate) fn check_policy(
         });
     }
 
-    let measurement_ok = policy.allowed_measurements.contains(&f.measurement);
+    let measurement_ok = policy.any_measurement_with_pinned_id_key
+        || policy.allowed_measurements.contains(&f.measurement);
     checks.push(CheckResult::new(
         CheckId::PolicyMeasurement,
         measurement_ok,
         match policy.allowed_measurements.as_slice() {
+            _ if policy.any_measurement_with_pinned_id_key => {
+                "any (any_measurement_with_pinned_id_key: the ID key digest is pinned instead)"
+                    .to_owned()
+            }
             [one] => hex::encode(one),
             many => format!("one of {} allowed measurements", many.len()),
         },

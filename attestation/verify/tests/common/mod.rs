@@ -192,6 +192,7 @@ pub fn policy_for(case: &Case) -> Policy {
         min_report_version: case.version,
         allowed_processors: vec![case.generation],
         allowed_measurements: vec![[0xAA; 48], f.measurement],
+        any_measurement_with_pinned_id_key: false,
         allowed_vmpl: vec![f.vmpl],
         allow_debug: f.policy.debug(),
         allow_migration_agent: f.policy.migrate_ma(),
