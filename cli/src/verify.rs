@@ -339,6 +339,9 @@ pub struct VerifyAzureArgs {
     /// Check certificate dates at this time (RFC 3339) instead of now.
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub at: Option<Timestamp>,
+    /// Print the result as JSON (both halves' checks) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs `coffer verify azure`: the SNP half (coffer-verify, on the report inside the HCL report)
@@ -391,12 +394,24 @@ pub fn run_azure(args: &VerifyAzureArgs) -> anyhow::Result<u8> {
         Some(pins) => coffer_vtpm::verify_azure_vtpm(&hcl, &evidence.quote, &nonce, pins),
         None => coffer_vtpm::verify_azure_vtpm_authenticity(&hcl, &evidence.quote, &nonce),
     };
+    let accepted = snp_verdict.accepted() && vtpm_verdict.passed();
+    if args.json {
+        let out = serde_json::json!({
+            "accepted": accepted,
+            "at": at.to_string(),
+            "policy_applied": policy.is_some(),
+            "pcr_pins_applied": pins.is_some(),
+            "snp": snp_verdict,
+            "vtpm": vtpm_verdict,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(if accepted { 0 } else { 1 });
+    }
     println!("SEV-SNP report (inside the HCL report):");
     print!("{}", render_text(&snp_verdict, None));
     println!();
     println!("vTPM (claims binding, AK, quote, PCRs):");
     println!("{vtpm_verdict}");
-    let accepted = snp_verdict.accepted() && vtpm_verdict.passed();
     let scope = if policy.is_some() && pins.is_some() {
         "policy and PCR pins applied"
     } else {

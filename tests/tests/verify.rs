@@ -132,6 +132,19 @@ fn real_azure_evidence_verifies_and_a_wrong_nonce_is_refused() {
         "{ok:?}"
     );
 
+    let owned = args(nonce);
+    let mut json_args: Vec<&str> = owned.iter().map(String::as_str).collect();
+    json_args.push("--json");
+    let json = run(&json_args);
+    assert_eq!(json.code, 0, "{json:?}");
+    let value: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(value["accepted"], true);
+    assert!(value["vtpm"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["name"] == "quote.nonce" && c["passed"] == true));
+
     let bad = run(&args("00ff").iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(bad.code, 1, "{bad:?}");
     assert!(

@@ -174,6 +174,30 @@ impl Verification {
     }
 }
 
+/// Machine-readable form: `{"name", "passed", "expected", "got"}` per check.
+impl serde::Serialize for CheckResult {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = serializer.serialize_struct("CheckResult", 4)?;
+        out.serialize_field("name", &self.id.to_string())?;
+        out.serialize_field("passed", &self.passed())?;
+        let (expected, got) = match &self.outcome {
+            Outcome::Passed => (None, None),
+            Outcome::Failed { expected, got } => (Some(expected), Some(got)),
+        };
+        out.serialize_field("expected", &expected)?;
+        out.serialize_field("got", &got)?;
+        out.end()
+    }
+}
+
+/// Machine-readable form: the list of checks in the order they ran.
+impl serde::Serialize for Verification {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.checks.serialize(serializer)
+    }
+}
+
 impl fmt::Display for Verification {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for check in &self.checks {

@@ -1,5 +1,7 @@
 //! Whole Azure evidence documents (Trustee `az-snp-vtpm`, versions 1 and 2) from real CVMs.
 
+#![allow(clippy::panic)]
+
 use coffer_vtpm::evidence::parse_trustee_json;
 use coffer_vtpm::{verify_azure_vtpm_authenticity, CheckId, HclReport};
 
@@ -10,7 +12,10 @@ fn document(name: &str) -> Vec<u8> {
 
 #[test]
 fn real_evidence_of_both_versions_verifies_with_its_nonce_and_not_with_another() {
-    for name in ["az-snp-vtpm_evidence-genoa.json", "az-snp-vtpm_evidence-v2.json"] {
+    for name in [
+        "az-snp-vtpm_evidence-genoa.json",
+        "az-snp-vtpm_evidence-v2.json",
+    ] {
         let evidence = parse_trustee_json(&document(name)).unwrap();
         let hcl = HclReport::parse(&evidence.hcl_report).unwrap();
         assert!(hcl.snp_report().is_some(), "{name}");
@@ -19,7 +24,11 @@ fn real_evidence_of_both_versions_verifies_with_its_nonce_and_not_with_another()
         assert!(verdict.passed(), "{name}: {verdict}");
 
         let verdict = verify_azure_vtpm_authenticity(&hcl, &evidence.quote, b"another nonce");
-        assert_eq!(verdict.failed_ids(), vec![CheckId::QuoteNonce], "{name}: {verdict}");
+        assert_eq!(
+            verdict.failed_ids(),
+            vec![CheckId::QuoteNonce],
+            "{name}: {verdict}"
+        );
     }
 }
 
@@ -29,6 +38,11 @@ fn malformed_documents_are_refused_by_name() {
     let mut v2: serde_json::Value =
         serde_json::from_slice(&document("az-snp-vtpm_evidence-v2.json")).unwrap();
     v2["tpm_quote"]["pcrs"][0] = serde_json::Value::String("abcd".into());
-    let err = parse_trustee_json(v2.to_string().as_bytes()).unwrap_err().to_string();
-    assert_eq!(err, "evidence field pcrs: a sha256 PCR value has 2 bytes, not 32");
+    let err = parse_trustee_json(v2.to_string().as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "evidence field pcrs: a sha256 PCR value has 2 bytes, not 32"
+    );
 }
