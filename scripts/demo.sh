@@ -14,6 +14,17 @@ for role in kms client executor; do
 done
 
 echo
+echo "== their SEV-SNP launch measurements (1 vCPU, EPYC-v4), recomputed from the artifacts and"
+echo "   compared with the committed pins in measurements/pins/"
+for role in kms client executor; do
+  dir="out/images/$role"
+  digest=$("$coffer" measure snp --vcpus 1 --vcpu-type EPYC-v4 --ovmf "$dir/firmware.fd" \
+    --kernel "$dir/vmlinuz" --initrd "$dir/initramfs.cpio.gz" --append "$(cat "$dir/cmdline")")
+  if grep -q "\"$digest\"" "measurements/pins/$role.json"; then verdict="pinned"; else verdict="NOT PINNED (run make pin)"; fi
+  printf '%-9s %s  %s\n' "$role" "$digest" "$verdict"
+done
+
+echo
 echo "== booting them side by side under QEMU (TCG), each with its own forwarded ports"
 for role in kms client executor; do
   "$coffer" --state-dir "$state" run "out/images/$role" --detach
