@@ -30,7 +30,14 @@ pub fn wait_healthy(vm: &VmRecord, timeout: Duration) -> Result<Health, LaunchEr
                 tail: vm.serial_tail(25),
             });
         }
-        match runtime.block_on(check(port)) {
+        // Short attempts while the guest boots; longer ones after a while, in case a loaded
+        // host makes the guest itself slower than the short timeout.
+        let attempt_timeout = if started.elapsed() < PATIENT_AFTER {
+            ATTEMPT_TIMEOUT
+        } else {
+            Duration::from_secs(2)
+        };
+        match runtime.block_on(check(port, attempt_timeout)) {
             Ok(health) if health.role == vm.role && health.status == "ok" => return Ok(health),
             Ok(health) => {
                 last = format!(
@@ -49,12 +56,20 @@ pub fn wait_healthy(vm: &VmRecord, timeout: Duration) -> Result<Health, LaunchEr
                 tail: vm.serial_tail(25),
             });
         }
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-/// One `GET /healthz` on 127.0.0.1:`port`.
-pub async fn check(port: u16) -> Result<Health, String> {
+/// How long one readiness attempt may take. Short on purpose: an attempt made while the guest's
+/// network is still coming up can hang on QEMU user networking (the SYN it forwards is lost and
+/// only retransmitted a second later); a fresh attempt gets through at once.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// After this long without an answer, attempts get a longer timeout.
+const PATIENT_AFTER: Duration = Duration::from_secs(20);
+
+/// One `GET /healthz` on 127.0.0.1:`port`, given up after `timeout`.
+pub async fn check(port: u16, timeout: Duration) -> Result<Health, String> {
     let attempt = async {
         let stream = TcpStream::connect(("127.0.0.1", port))
             .await
@@ -83,7 +98,7 @@ pub async fn check(port: u16) -> Result<Health, String> {
         }
         serde_json::from_slice::<Health>(&body).map_err(|e| format!("bad health body: {e}"))
     };
-    tokio::time::timeout(Duration::from_secs(5), attempt)
+    tokio::time::timeout(timeout, attempt)
         .await
         .map_err(|_| "timed out".to_owned())?
 }

@@ -195,7 +195,10 @@ impl Vm {
             .enable_all()
             .build()
             .unwrap()
-            .block_on(coffer_qemu::health::check(self.record.health_port))
+            .block_on(coffer_qemu::health::check(
+                self.record.health_port,
+                Duration::from_secs(5),
+            ))
     }
 }
 

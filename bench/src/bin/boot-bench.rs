@@ -137,7 +137,10 @@ fn boot_ours(image: &Path, state: &Path) -> anyhow::Result<Duration> {
         .build()?;
     let result = loop {
         if runtime
-            .block_on(coffer_qemu::health::check(vm.health_port))
+            .block_on(coffer_qemu::health::check(
+                vm.health_port,
+                coffer_qemu::health::ATTEMPT_TIMEOUT,
+            ))
             .is_ok()
         {
             break Ok(started.elapsed());
