@@ -12,7 +12,8 @@ use serde::Serialize;
 
 use crate::certs::Certificate;
 use crate::checks::results::{CertRole, CheckId, CheckResult};
-use crate::roots::AmdRoots;
+use crate::policy::TrustRoot;
+use crate::roots::{AmdRoots, RootSet, SIMULATION_ASK_CN, SIMULATION_GENERATION};
 use crate::tcb::Generation;
 use crate::time::Timestamp;
 
@@ -76,17 +77,33 @@ pub(crate) struct ChainOutcome {
 /// Checks the chain from `vek` up to the built-in ARK of its generation. `ask` (ASK or ASVK) and
 /// `ark` are the certificates that came with the evidence, if any; without them the built-in
 /// ones are used.
+///
+/// `required` is the policy's `trust_root`; `None` (authenticity only) accepts whichever root
+/// `roots` trusts. A VEK issued by `SEV-Sim` is taken to the simulation root, and only if
+/// `roots` holds one (`AmdRoots::with_simulation_root`).
 pub(crate) fn check_chain(
     vek: &Certificate,
     ask: Option<&Certificate>,
     ark: Option<&Certificate>,
     roots: &AmdRoots,
     at: Timestamp,
+    required: Option<TrustRoot>,
 ) -> ChainOutcome {
     let mut checks = Vec::new();
     let issuer_cn = vek.issuer_cn().unwrap_or_default();
-    let classified = classify_issuer(&issuer_cn);
-    let set = classified.and_then(|(g, _)| roots.get(g));
+    let simulated = issuer_cn == SIMULATION_ASK_CN;
+    let classified = if simulated {
+        roots
+            .simulation()
+            .map(|_| (SIMULATION_GENERATION, VekKind::Vcek))
+    } else {
+        classify_issuer(&issuer_cn)
+    };
+    let set: Option<&RootSet> = if simulated {
+        roots.simulation()
+    } else {
+        classified.and_then(|(g, _)| roots.get(g))
+    };
     checks.push(CheckResult::new(
         CheckId::ChainVekIssuer,
         set.is_some(),
@@ -96,6 +113,7 @@ pub(crate) fn check_chain(
             None => format!("issuer CN={issuer_cn:?}: no AMD chain for it, nothing to verify"),
         },
     ));
+    checks.push(trust_root_check(simulated, roots, required));
     let (Some((generation, kind)), Some(set)) = (classified, set) else {
         return ChainOutcome {
             generation: None,
@@ -104,26 +122,26 @@ pub(crate) fn check_chain(
         };
     };
 
-    // The ARK: always the built-in one; one given with the evidence must be identical.
+    // The ARK: always the built-in one (or the caller's simulation ARK); one given with the
+    // evidence must be identical.
     let builtin_ark = &set.ark;
     let fingerprint = |c: &Certificate| hex::encode(c.sha256());
+    let ark_label = if simulated {
+        "caller-supplied simulation ARK-Sim".to_owned()
+    } else {
+        format!("built-in ARK-{generation}")
+    };
     checks.push(match ark {
         None => CheckResult::new(
             CheckId::ChainArkPinned,
             true,
-            format!(
-                "built-in ARK-{generation} sha256 {}",
-                fingerprint(builtin_ark)
-            ),
+            format!("{ark_label} sha256 {}", fingerprint(builtin_ark)),
             "none given: the built-in ARK is used",
         ),
         Some(given) => CheckResult::new(
             CheckId::ChainArkPinned,
             given == builtin_ark,
-            format!(
-                "built-in ARK-{generation} sha256 {}",
-                fingerprint(builtin_ark)
-            ),
+            format!("{ark_label} sha256 {}", fingerprint(builtin_ark)),
             format!(
                 "given {} sha256 {}",
                 given.subject_cn().unwrap_or_default(),
@@ -158,6 +176,36 @@ pub(crate) fn check_chain(
         kind: Some(kind),
         checks,
     }
+}
+
+/// `chain.trust_root`: the kind of root the VEK's issuer leads to, against what is trusted.
+fn trust_root_check(simulated: bool, roots: &AmdRoots, required: Option<TrustRoot>) -> CheckResult {
+    let have_sim = roots.simulation().is_some();
+    let got = if simulated {
+        TrustRoot::Simulation
+    } else {
+        TrustRoot::Amd
+    };
+    let expected = match required {
+        Some(TrustRoot::Amd) => "AMD root (policy trust_root = \"amd\")".to_owned(),
+        Some(TrustRoot::Simulation) => {
+            "the Coffer simulation root (policy trust_root = \"simulation\", roots from AmdRoots::with_simulation_root)".to_owned()
+        }
+        None if have_sim => "AMD root or the caller-supplied Coffer simulation root".to_owned(),
+        None => "AMD root".to_owned(),
+    };
+    let mut got_text = match got {
+        TrustRoot::Amd => "an AMD root (VEK not issued by SEV-Sim)".to_owned(),
+        TrustRoot::Simulation => format!(
+            "the Coffer simulation root (ARK-Sim; VEK issued by {SIMULATION_ASK_CN}): evidence from a simulated secure processor, NOT AMD hardware"
+        ),
+    };
+    let root_trusted = got == TrustRoot::Amd || have_sim;
+    if !root_trusted {
+        got_text.push_str("; these roots do not trust it (no AmdRoots::with_simulation_root)");
+    }
+    let passed = root_trusted && required.is_none_or(|r| r == got);
+    CheckResult::new(CheckId::ChainTrustRoot, passed, expected, got_text)
 }
 
 fn signature_check(role: CertRole, cert: &Certificate, issuer: &Certificate) -> CheckResult {

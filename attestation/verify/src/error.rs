@@ -48,6 +48,10 @@ pub enum CertError {
     /// The input holds no certificate.
     #[error("no certificate found")]
     Empty,
+    /// Certificates given to [`AmdRoots::with_simulation_root`](crate::AmdRoots::with_simulation_root)
+    /// that are not a Coffer simulation root (an AMD root is refused there).
+    #[error("not a Coffer simulation root: {0}")]
+    NotSimulationRoot(String),
     /// One certificate was expected and the input holds several.
     #[error("expected one certificate, found {count}")]
     SeveralCertificates {

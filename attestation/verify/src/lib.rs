@@ -10,6 +10,8 @@
 //!
 //! **Checks** (each a named [`CheckResult`] in the [`Verdict`], all run, none short-circuits):
 //! the chain's signatures and names (`chain.*.signature`), the pinned ARK (`chain.ark.pinned`),
+//! the kind of root against the policy's `trust_root` (`chain.trust_root`: AMD by default; the
+//! Coffer simulation root only when opted into twice, see [`AmdRoots::with_simulation_root`]),
 //! every certificate's dates (`chain.*.validity`), the report's signature over the exact bytes
 //! 0x000..0x2A0 (`report.signature`), SIGNATURE_ALGO, MASK_CHIP_KEY, SIGNING_KEY against the kind
 //! of certificate, reserved fields, the CPUID against the VEK's generation (`report.*`), the
@@ -59,7 +61,7 @@ pub use checks::results::{
     CertRole, CheckId, CheckResult, MeasurementMismatch, Scope, TcbKind, Verdict,
 };
 pub use error::{CertError, EvidenceError, ExtensionError, PolicyError, ReportError, TimeError};
-pub use policy::Policy;
+pub use policy::{Policy, TrustRoot};
 pub use report::Report;
 pub use roots::AmdRoots;
 pub use tcb::{Generation, Tcb, TcbComponent};

@@ -7,6 +7,7 @@
 //!
 //! ```toml
 //! min_report_version = 3
+//! trust_root = "amd"               # the default; "simulation" only for CI (coffer-sim)
 //! allowed_processors = ["milan", "genoa", "turin"]
 //! allowed_measurements = ["<96 hex digits>"]
 //! allowed_vmpl = [0]
@@ -48,6 +49,10 @@ use crate::tcb::{Generation, TcbComponent};
 pub struct PolicyFile {
     /// Lowest acceptable report VERSION.
     pub min_report_version: u32,
+    /// Which root evidence must chain to: `amd` (default) or `simulation` (the Coffer simulated
+    /// secure processor, for CI; also needs roots from `AmdRoots::with_simulation_root`).
+    #[serde(default)]
+    pub trust_root: TrustRoot,
     /// Processor generations accepted (`milan`, `genoa`, `turin`).
     pub allowed_processors: Vec<Generation>,
     /// Launch measurements accepted, hex (96 digits each). May be empty only with
@@ -93,6 +98,27 @@ pub struct PolicyFile {
     /// If present, the lowest GUEST_SVN accepted.
     #[serde(default)]
     pub min_guest_svn: Option<u32>,
+}
+
+/// The kind of root a policy trusts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrustRoot {
+    /// AMD's roots compiled into the crate: real SEV-SNP hardware. The default.
+    #[default]
+    Amd,
+    /// The Coffer simulation root (`ARK-Sim`, from `coffer-sim`): evidence from a simulated
+    /// secure processor, which proves nothing about hardware. For CI only.
+    Simulation,
+}
+
+impl std::fmt::Display for TrustRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TrustRoot::Amd => "amd",
+            TrustRoot::Simulation => "simulation",
+        })
+    }
 }
 
 /// Minimum reported and committed TCB of one generation, as written.
@@ -154,6 +180,8 @@ pub struct CpuidFile {
 pub struct Policy {
     /// Lowest acceptable report VERSION.
     pub min_report_version: u32,
+    /// Which root evidence must chain to (`chain.trust_root`).
+    pub trust_root: TrustRoot,
     /// Processor generations accepted.
     pub allowed_processors: Vec<Generation>,
     /// Launch measurements accepted.
@@ -355,6 +383,7 @@ impl Policy {
             .transpose()?;
         Ok(Self {
             min_report_version: file.min_report_version,
+            trust_root: file.trust_root,
             allowed_processors: file.allowed_processors,
             allowed_measurements,
             any_measurement_with_pinned_id_key: file.any_measurement_with_pinned_id_key,

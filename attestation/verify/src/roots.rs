@@ -27,7 +27,17 @@ pub struct RootSet {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AmdRoots {
     sets: Vec<RootSet>,
+    /// The Coffer simulation root, only when the caller opted in with
+    /// [`AmdRoots::with_simulation_root`].
+    simulation: Option<RootSet>,
 }
+
+/// Common name of the simulated ARK (`coffer-sim`).
+pub const SIMULATION_ARK_CN: &str = "ARK-Sim";
+/// Common name of the simulated ASK, the issuer of simulated VCEKs (`coffer-sim`).
+pub const SIMULATION_ASK_CN: &str = "SEV-Sim";
+/// The generation a simulated secure processor reports as (its CPUID and TCB layout).
+pub const SIMULATION_GENERATION: Generation = Generation::Genoa;
 
 /// (generation, ark, ask, asvk) PEM text compiled into the crate.
 const BUILTIN: [(Generation, &str, &str, &str); 3] = [
@@ -67,7 +77,71 @@ impl AmdRoots {
                 })
             })
             .collect::<Result<_, CertError>>()?;
-        Ok(Self { sets })
+        Ok(Self {
+            sets,
+            simulation: None,
+        })
+    }
+
+    /// **Trusts evidence from a simulated secure processor** (`coffer-sim`) in addition to AMD's
+    /// roots: `ark_der`/`ask_der` are the simulation root's `ARK-Sim` and `SEV-Sim`
+    /// certificates. Such evidence proves nothing about hardware; use this only in tests and CI.
+    ///
+    /// It is still not enough on its own: [`verify`](crate::verify) accepts simulated evidence
+    /// only under a policy with `trust_root = "simulation"` (check `chain.trust_root`), and
+    /// rejects AMD evidence under such a policy. [`verify_authenticity_only`](crate::verify_authenticity_only),
+    /// which has no policy, accepts simulated evidence with these roots.
+    ///
+    /// Refused: certificates not named `ARK-Sim`/`SEV-Sim`, an ASK not signed by the ARK, an ARK
+    /// not self-signed, or any AMD built-in certificate.
+    pub fn with_simulation_root(
+        mut self,
+        ark_der: &[u8],
+        ask_der: &[u8],
+    ) -> Result<Self, CertError> {
+        let ark = Certificate::from_pem_or_der(ark_der)?;
+        let ask = Certificate::from_pem_or_der(ask_der)?;
+        fn bad<T>(why: String) -> Result<T, CertError> {
+            Err(CertError::NotSimulationRoot(why))
+        }
+        if ark.subject_cn().as_deref() != Some(SIMULATION_ARK_CN) {
+            return bad(format!(
+                "ARK subject CN is {:?}, expected {SIMULATION_ARK_CN}",
+                ark.subject_cn()
+            ));
+        }
+        if ask.subject_cn().as_deref() != Some(SIMULATION_ASK_CN) {
+            return bad(format!(
+                "ASK subject CN is {:?}, expected {SIMULATION_ASK_CN}",
+                ask.subject_cn()
+            ));
+        }
+        if self.sets.iter().any(|s| {
+            [&s.ark, &s.ask, &s.asvk].contains(&&ark) || [&s.ark, &s.ask, &s.asvk].contains(&&ask)
+        }) {
+            return bad("an AMD root certificate was given as the simulation root".into());
+        }
+        ark.verify_signed_by(&ark)
+            .or_else(|e| bad(format!("ARK is not self-signed: {e}")))?;
+        if !ask.issued_by_name(&ark) {
+            return bad("ASK is not issued by the ARK's name".into());
+        }
+        ask.verify_signed_by(&ark)
+            .or_else(|e| bad(format!("ASK is not signed by the ARK: {e}")))?;
+        self.simulation = Some(RootSet {
+            generation: SIMULATION_GENERATION,
+            ark,
+            // The simulator has no VLEK authority; the ASK stands in so the set is complete, and
+            // simulated VEKs are always classified as VCEKs.
+            asvk: ask.clone(),
+            ask,
+        });
+        Ok(self)
+    }
+
+    /// The simulation root, if the caller opted in with [`AmdRoots::with_simulation_root`].
+    pub fn simulation(&self) -> Option<&RootSet> {
+        self.simulation.as_ref()
     }
 
     /// The roots of one generation.

@@ -9,7 +9,7 @@ use crate::checks::authenticity::check_report;
 use crate::checks::policy::check_policy;
 use crate::checks::results::{Scope, Verdict};
 use crate::error::EvidenceError;
-use crate::policy::Policy;
+use crate::policy::{Policy, TrustRoot};
 use crate::report::Report;
 use crate::roots::AmdRoots;
 use crate::tcb::Generation;
@@ -54,7 +54,7 @@ impl Evidence {
 /// Verifies that the evidence is genuine **and** acceptable under `policy`, with certificate
 /// dates checked at `at`. Every check runs; see [`Verdict::accepted`].
 pub fn verify(evidence: &Evidence, roots: &AmdRoots, policy: &Policy, at: Timestamp) -> Verdict {
-    let mut verdict = authenticity(evidence, roots, at);
+    let mut verdict = authenticity(evidence, roots, at, Some(policy.trust_root));
     let (checks, mismatch) = check_policy(&evidence.report, policy, verdict.generation);
     verdict.checks.extend(checks);
     verdict.measurement_mismatch = mismatch;
@@ -62,23 +62,30 @@ pub fn verify(evidence: &Evidence, roots: &AmdRoots, policy: &Policy, at: Timest
     verdict
 }
 
-/// Verifies only that the evidence is genuine AMD SEV-SNP evidence: chain to the built-in ARK,
+/// Verifies only that the evidence is genuine AMD SEV-SNP evidence: chain to the built-in ARK
+/// (or to the simulation ARK, only if `roots` came from [`AmdRoots::with_simulation_root`]),
 /// certificate dates at `at`, report signature, chip ID and TCB against the VEK.
 ///
 /// An accepted verdict from this function says nothing about *what* runs in the VM (no
 /// measurement, debug, TCB floor or VMPL check): never use it to release a secret. Use
 /// [`verify`] with a [`Policy`] for that.
 pub fn verify_authenticity_only(evidence: &Evidence, roots: &AmdRoots, at: Timestamp) -> Verdict {
-    authenticity(evidence, roots, at)
+    authenticity(evidence, roots, at, None)
 }
 
-fn authenticity(evidence: &Evidence, roots: &AmdRoots, at: Timestamp) -> Verdict {
+fn authenticity(
+    evidence: &Evidence,
+    roots: &AmdRoots,
+    at: Timestamp,
+    required: Option<TrustRoot>,
+) -> Verdict {
     let chain = check_chain(
         &evidence.vek,
         evidence.ask.as_ref(),
         evidence.ark.as_ref(),
         roots,
         at,
+        required,
     );
     // The generation comes from the AMD-signed VEK; a v3+ report's CPUID is the fallback when
     // the issuer is unknown (the chain has then failed, and so will the verdict).

@@ -58,6 +58,10 @@ pub enum CheckId {
     ChainVekIssuer,
     /// `chain.ark.pinned`: the ARK is the built-in one (a given ARK must be byte-identical).
     ChainArkPinned,
+    /// `chain.trust_root`: the chain ends at the kind of root the caller trusts: AMD's built-in
+    /// roots (the default), or the Coffer simulation root only when the policy says
+    /// `trust_root = "simulation"` and the caller supplied it.
+    ChainTrustRoot,
     /// `chain.<role>.signature`: the certificate is signed by the one above it (the ARK by
     /// itself), names chained, AMD's RSASSA-PSS profile.
     ChainSignature(CertRole),
@@ -119,6 +123,7 @@ impl CheckId {
         match self {
             CheckId::ChainVekIssuer => "chain.vek_issuer".into(),
             CheckId::ChainArkPinned => "chain.ark.pinned".into(),
+            CheckId::ChainTrustRoot => "chain.trust_root".into(),
             CheckId::ChainSignature(role) => format!("chain.{}.signature", role.name()),
             CheckId::ChainValidity(role) => format!("chain.{}.validity", role.name()),
             CheckId::ReportSignatureAlgo => "report.signature_algo".into(),

@@ -190,6 +190,7 @@ pub fn policy_for(case: &Case) -> Policy {
     };
     Policy {
         min_report_version: case.version,
+        trust_root: coffer_verify::policy::TrustRoot::Amd,
         allowed_processors: vec![case.generation],
         allowed_measurements: vec![[0xAA; 48], f.measurement],
         any_measurement_with_pinned_id_key: false,
