@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod measure;
+mod sim;
 mod verify;
 
 use std::path::PathBuf;
@@ -56,6 +57,17 @@ enum Command {
     /// Verify attestation evidence.
     #[command(subcommand)]
     Verify(VerifyCommand),
+    /// The simulated secure processor, for development and CI (NOT AMD hardware).
+    #[command(subcommand)]
+    Sim(SimCommand),
+}
+
+#[derive(Subcommand)]
+enum SimCommand {
+    /// Sign a simulated SEV-SNP report for a built image, its measurement recomputed from the
+    /// image's artifacts. Verifiers accept it only with --trust-simulation and a policy saying
+    /// trust_root = "simulation".
+    Report(sim::SimReportArgs),
 }
 
 #[derive(Subcommand)]
@@ -285,6 +297,7 @@ fn dispatch(command: Command, state_dir: PathBuf) -> anyhow::Result<()> {
         }
         Command::Run(args) => run_vm(args, state_dir),
         Command::Stop(args) => stop_vms(args, &state_dir),
+        Command::Sim(SimCommand::Report(args)) => sim::run(&args, &state_dir),
         Command::Measure(MeasureCommand::Snp(args)) => {
             println!("{}", measure::run(&args)?);
             Ok(())

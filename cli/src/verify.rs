@@ -45,6 +45,10 @@ pub struct VerifyReportArgs {
     /// policy's allowed measurements, and a mismatch is explained against them.
     #[arg(long = "pins", value_name = "FILE", requires = "policy")]
     pub pins: Vec<PathBuf>,
+    /// Also trust the simulated secure processor whose keys are in DIR (coffer-sim). Takes
+    /// effect only with a policy saying trust_root = "simulation".
+    #[arg(long, value_name = "DIR")]
+    pub trust_simulation: Option<PathBuf>,
     /// A built image directory: on a measurement mismatch, nearby launches of this image (other
     /// vCPU counts and types, other guest features) are recomputed to name the likely cause.
     #[arg(long, value_name = "DIR", requires = "policy")]
@@ -72,7 +76,14 @@ pub fn run(args: &VerifyReportArgs) -> anyhow::Result<u8> {
             return Ok(2);
         }
     };
-    let roots = AmdRoots::builtin().context("the built-in AMD roots do not parse")?;
+    let mut roots = AmdRoots::builtin().context("the built-in AMD roots do not parse")?;
+    if let Some(dir) = &args.trust_simulation {
+        let ark = read(&dir.join("ark.pem"))?;
+        let ask = read(&dir.join("ask.pem"))?;
+        roots = roots
+            .with_simulation_root(&ark, &ask)
+            .with_context(|| format!("simulation root in {}", dir.display()))?;
+    }
     let verdict = match &policy {
         Some(policy) => verify(&evidence, &roots, policy, at),
         None => verify_authenticity_only(&evidence, &roots, at),

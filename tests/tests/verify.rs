@@ -228,3 +228,80 @@ fn azure_policy_pins_the_id_key_and_the_pcrs() {
     assert_eq!(other_pcr.code, 1, "{other_pcr:?}");
     assert!(other_pcr.stdout.contains("pcr.11: FAILED"), "{other_pcr:?}");
 }
+
+/// The whole offline trust chain on the simulated platform: our kms image, its committed pins, a
+/// report from the simulated secure processor with the image's recomputed measurement. Accepted
+/// only when the verifier is told twice to trust the simulation; refused by name otherwise.
+#[test]
+fn a_simulated_report_of_our_image_passes_only_when_simulation_is_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("kms");
+    build_image(Role::Kms, &image, None);
+    let (keys, evidence) = (dir.path().join("keys"), dir.path().join("evidence"));
+    let made = run(&[
+        "sim",
+        "report",
+        "--image",
+        image.to_str().unwrap(),
+        "--out",
+        evidence.to_str().unwrap(),
+        "--sim-dir",
+        keys.to_str().unwrap(),
+    ]);
+    assert_eq!(made.code, 0, "{made:?}");
+    assert!(made.stdout.contains("NOT AMD hardware"), "{made:?}");
+
+    let policy = |trust_root: &str| {
+        let path = dir.path().join(format!("{trust_root}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "trust_root = \"{trust_root}\"\nmin_report_version = 3\nallowed_processors = [\"genoa\"]\n\
+                 allowed_vmpl = [0]\nallow_smt = true\n[min_tcb.genoa]\n\
+                 reported = {{ bl = 9, tee = 0, snp = 23, ucode = 84 }}\n\
+                 committed = {{ bl = 9, tee = 0, snp = 23, ucode = 84 }}\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let pins = checkout().join("measurements/pins/kms.json");
+    let verify = |policy: &std::path::Path, trust: bool| {
+        let mut args = vec![
+            "verify".to_owned(),
+            "report".into(),
+            "--report".into(),
+            evidence.join("report.bin").display().to_string(),
+            "--vcek".into(),
+            evidence.join("vcek.der").display().to_string(),
+            "--policy".into(),
+            policy.display().to_string(),
+            "--pins".into(),
+            pins.display().to_string(),
+        ];
+        if trust {
+            args.extend(["--trust-simulation".into(), keys.display().to_string()]);
+        }
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    let accepted = verify(&policy("simulation"), true);
+    assert_eq!(accepted.code, 0, "{accepted:?}");
+    assert!(
+        accepted.stdout.contains("PASS policy.measurement"),
+        "{accepted:?}"
+    );
+    assert!(
+        accepted.stdout.contains("PASS chain.trust_root"),
+        "{accepted:?}"
+    );
+
+    for (policy, trust) in [(policy("simulation"), false), (policy("amd"), true)] {
+        let refused = verify(&policy, trust);
+        assert_eq!(refused.code, 1, "{refused:?}");
+        assert!(
+            refused.stdout.contains("FAIL chain.trust_root"),
+            "{refused:?}"
+        );
+    }
+}

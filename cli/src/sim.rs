@@ -1,0 +1,132 @@
+//! `coffer sim report`: a report from the simulated secure processor for a built image.
+//!
+//! The measurement is recomputed from the image's own artifacts (as the launcher will boot them),
+//! so a verifier holding the committed pins accepts it, but only when it was told to trust the
+//! simulation root. Everything here is for development and CI: the simulated chain is not AMD's.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use coffer_measurements::snp::{CpuSignature, GuestFeatures, SevHashes, SnpLaunch, Vmm};
+use coffer_sim::{ReportFields, SimRoot};
+
+/// `coffer sim report --image DIR --out DIR [...]`.
+#[derive(Debug, Clone, Args)]
+pub struct SimReportArgs {
+    /// A built image directory (firmware.fd, vmlinuz, initramfs.cpio.gz, cmdline).
+    #[arg(long, value_name = "DIR")]
+    pub image: PathBuf,
+    /// Where to write report.bin and the certificates vcek.der, ask.der, ark.der.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// The simulated secure processor's key directory (generated on first use and kept)
+    /// [default: <state dir>/sim].
+    #[arg(long, value_name = "DIR")]
+    pub sim_dir: Option<PathBuf>,
+    /// vCPU count of the simulated launch.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// vCPU type of the simulated launch.
+    #[arg(long, default_value = "EPYC-v4")]
+    pub vcpu_type: String,
+    /// Guest features of the simulated launch (hex).
+    #[arg(long, default_value = "0x1")]
+    pub guest_features: String,
+    /// REPORT_DATA (hex, up to 64 bytes; zero-padded).
+    #[arg(long, value_name = "HEX")]
+    pub report_data: Option<String>,
+    /// HOST_DATA (hex, up to 32 bytes; zero-padded).
+    #[arg(long, value_name = "HEX")]
+    pub host_data: Option<String>,
+}
+
+/// The default key directory of the simulated secure processor.
+pub fn default_sim_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("sim")
+}
+
+/// Writes a simulated report for the image and prints what it measured.
+pub fn run(args: &SimReportArgs, state_dir: &Path) -> anyhow::Result<()> {
+    let read = |name: &str| {
+        let path = args.image.join(name);
+        std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let (firmware, kernel, initrd) = (
+        read("firmware.fd")?,
+        read("vmlinuz")?,
+        read("initramfs.cpio.gz")?,
+    );
+    let cmdline =
+        String::from_utf8(read("cmdline")?).context("the image's cmdline is not UTF-8")?;
+    let features = args
+        .guest_features
+        .strip_prefix("0x")
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .with_context(|| {
+            format!(
+                "--guest-features '{}' is not hex like 0x1",
+                args.guest_features
+            )
+        })?;
+    let measurement = SnpLaunch::new(
+        &firmware,
+        args.vcpus,
+        Vmm::Qemu(CpuSignature::from_vcpu_type(&args.vcpu_type)?),
+    )
+    .guest_features(GuestFeatures::from_bits(features))
+    .direct_boot_hashes(SevHashes::new(&kernel, Some(&initrd), Some(&cmdline)))
+    .measure()?;
+
+    let sim_dir = args
+        .sim_dir
+        .clone()
+        .unwrap_or_else(|| default_sim_dir(state_dir));
+    let root = SimRoot::load_or_generate(&sim_dir)
+        .with_context(|| format!("simulated secure processor in {}", sim_dir.display()))?;
+    let mut fields = ReportFields {
+        measurement: *measurement.as_bytes(),
+        ..ReportFields::default()
+    };
+    if let Some(hex) = &args.report_data {
+        fill(&mut fields.report_data, hex, "--report-data")?;
+    }
+    if let Some(hex) = &args.host_data {
+        fill(&mut fields.host_data, hex, "--host-data")?;
+    }
+    let report = root.sign_report(&fields);
+
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    for (name, bytes) in [
+        ("report.bin", &report[..]),
+        ("vcek.der", root.vcek_der()),
+        ("ask.der", root.ask_der()),
+        ("ark.der", root.ark_der()),
+    ] {
+        let path = args.out.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!(
+        "simulated report (NOT AMD hardware) for {} vCPUs {} guest features {}: measurement {measurement}",
+        args.vcpus, args.vcpu_type, args.guest_features
+    );
+    println!(
+        "written to {}; simulated secure processor keys in {}",
+        args.out.display(),
+        sim_dir.display()
+    );
+    Ok(())
+}
+
+fn fill(field: &mut [u8], hex: &str, flag: &str) -> anyhow::Result<()> {
+    let bytes = hex::decode(hex).with_context(|| format!("{flag} is not hex"))?;
+    anyhow::ensure!(
+        bytes.len() <= field.len(),
+        "{flag} has {} bytes, at most {} fit",
+        bytes.len(),
+        field.len()
+    );
+    field[..bytes.len()].copy_from_slice(&bytes);
+    Ok(())
+}
