@@ -313,20 +313,10 @@ fn raw_or_hex(bytes: Vec<u8>) -> Vec<u8> {
         .copied()
         .filter(|b| !b.is_ascii_whitespace())
         .collect();
-    if digits.len() != 2 * coffer_verify::report::REPORT_SIZE
-        || !digits.iter().all(u8::is_ascii_hexdigit)
-    {
+    if digits.len() != 2 * coffer_verify::report::REPORT_SIZE {
         return bytes;
     }
-    let nibble = |c: u8| match c {
-        b'0'..=b'9' => c - b'0',
-        b'a'..=b'f' => c - b'a' + 10,
-        _ => c - b'A' + 10,
-    };
-    digits
-        .chunks_exact(2)
-        .map(|p| nibble(p[0]) << 4 | nibble(p[1]))
-        .collect()
+    hex::decode(&digits).unwrap_or(bytes)
 }
 
 /// `coffer verify azure --evidence E --nonce HEX [--policy P] [--pcr-pins F] [--at TIME]`.

@@ -32,6 +32,26 @@ fn a_genuine_turin_report_is_accepted_for_authenticity() {
     assert!(outcome.stdout.contains("ACCEPTED"), "{outcome:?}");
 }
 
+/// Some tools write reports as hex text; the CLI reads those too.
+#[test]
+fn a_report_given_as_hex_text_is_decoded_and_verified() {
+    let outcome = run(&[
+        "verify",
+        "report",
+        "--report",
+        &testdata("virtee-sev/report_milan.hex"),
+        "--vcek",
+        &testdata("virtee-sev/vcek_milan.der"),
+        "--at",
+        "2025-01-01T00:00:00Z",
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert!(
+        outcome.stdout.contains("PASS report.signature"),
+        "{outcome:?}"
+    );
+}
+
 #[test]
 fn a_report_of_another_image_is_rejected_against_our_pins_with_a_likely_cause() {
     let dir = tempfile::tempdir().unwrap();
