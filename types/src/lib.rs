@@ -6,7 +6,7 @@
 //! measurement tools) read it.
 //!
 //! This crate does no I/O and holds no secrets. It goes into every appliance binary, so it stays
-//! small: serde and thiserror only.
+//! small: serde, thiserror and sha2 (for the [`deployment_digest`]).
 
 #![forbid(unsafe_code)]
 
@@ -14,6 +14,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+mod deployment;
+pub use deployment::*;
 
 /// The three appliance images. Each role has exactly one image spec and one multi-call binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

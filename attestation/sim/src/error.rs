@@ -58,4 +58,10 @@ pub enum SimError {
     /// The stored VCEK certificate and key, or its extensions, do not fit together.
     #[error("VCEK {0}")]
     Vcek(String),
+    /// A launch the simulator cannot measure.
+    #[error("cannot measure the launch: {reason}")]
+    Launch {
+        /// Why.
+        reason: String,
+    },
 }

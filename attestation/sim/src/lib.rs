@@ -25,7 +25,9 @@
 mod error;
 mod keys;
 mod report;
+pub mod service;
 
 pub use error::SimError;
 pub use keys::{SimRoot, SimTcb, SIM_ORGANIZATION};
 pub use report::{ReportFields, REPORT_SIZE, SIGNED_LEN};
+pub use service::{measure_image, SimGuest, SimLaunchConfig, SimService};

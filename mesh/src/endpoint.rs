@@ -1,0 +1,257 @@
+//! The attestation endpoint for people: browsers and scripts cannot take part in the attested
+//! handshake, so a node also answers `GET /.well-known/coffer/attestation?nonce=HEX` over plain
+//! server-authenticated TLS, with evidence whose REPORT_DATA binds the caller's nonce and the
+//! server's TLS public key ([`crate::binding::endpoint_report_data`]). [`check_endpoint`] is the
+//! caller's side (`coffer verify endpoint https://HOST:PORT`): it reads the public key from the
+//! TLS session it is on, sends a fresh nonce, and verifies the evidence against the deployment.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use coffer_evidence::Evidence;
+use coffer_types::Role;
+use coffer_verify::Timestamp;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::binding::endpoint_report_data;
+use crate::tls;
+use crate::{MeshError, MeshNode, PeerIdentity, Trust};
+
+/// The endpoint's path.
+pub const ATTESTATION_PATH: &str = "/.well-known/coffer/attestation";
+
+/// Shortest and longest nonce accepted, in bytes.
+pub const NONCE_BYTES: std::ops::RangeInclusive<usize> = 16..=64;
+
+/// The endpoint's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointAttestation {
+    /// The node's deployment.
+    pub deployment_id: String,
+    /// The node's role.
+    pub role: Role,
+    /// The caller's nonce, hex, echoed.
+    pub nonce: String,
+    /// SHA-256 of the server's TLS SubjectPublicKeyInfo, hex (what the evidence binds).
+    pub tls_spki_sha256: String,
+    /// The evidence.
+    pub evidence: Evidence,
+}
+
+/// The answer to one request to the endpoint.
+pub async fn answer(
+    node: &MeshNode,
+    request: &Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    let json = |status: StatusCode, body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        response
+    };
+    let error = |status: StatusCode, message: String| {
+        json(
+            status,
+            serde_json::json!({ "error": { "code": status.as_u16(), "message": message } })
+                .to_string(),
+        )
+    };
+    if request.uri().path() != ATTESTATION_PATH {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("only {ATTESTATION_PATH} is served here"),
+        );
+    }
+    if request.method() != hyper::Method::GET {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "use GET".into());
+    }
+    let nonce = request
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("nonce="))
+        .map(hex::decode);
+    let nonce = match nonce {
+        Some(Ok(nonce)) if NONCE_BYTES.contains(&nonce.len()) => nonce,
+        Some(Ok(nonce)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "nonce of {} bytes: between {} and {} bytes are accepted",
+                    nonce.len(),
+                    NONCE_BYTES.start(),
+                    NONCE_BYTES.end()
+                ),
+            )
+        }
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("nonce is not hex: {e}")),
+        None => return error(StatusCode::BAD_REQUEST, "missing ?nonce=HEX".into()),
+    };
+    let spki = node.identity().spki_der();
+    let evidence = match node.own_evidence(endpoint_report_data(&nonce, spki)).await {
+        Ok(evidence) => evidence,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let body = EndpointAttestation {
+        deployment_id: node.trust().deployment().deployment_id.clone(),
+        role: node.role(),
+        nonce: hex::encode(&nonce),
+        tls_spki_sha256: hex::encode(crate::sha256(spki)),
+        evidence,
+    };
+    match serde_json::to_string(&body) {
+        Ok(text) => json(StatusCode::OK, text),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Serves the endpoint over TLS (server-authenticated only) on `listener`, forever.
+pub async fn serve_endpoint(node: Arc<MeshNode>, listener: TcpListener) -> std::io::Result<()> {
+    let config =
+        tls::server_config_without_client_auth(node.identity()).map_err(std::io::Error::other)?;
+    let acceptor = TlsAcceptor::from(config);
+    loop {
+        let (tcp, remote) = listener.accept().await?;
+        let (acceptor, node) = (acceptor.clone(), node.clone());
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(tls) => tls,
+                Err(e) => {
+                    tracing::debug!(%remote, error = %e, "attestation endpoint: TLS failed");
+                    return;
+                }
+            };
+            let service = hyper::service::service_fn(move |request| {
+                let node = node.clone();
+                async move { Ok::<_, Infallible>(answer(&node, &request).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%remote, error = %e, "attestation endpoint connection failed");
+            }
+        });
+    }
+}
+
+/// What [`check_endpoint`] found.
+#[derive(Debug, Clone)]
+pub struct EndpointCheck {
+    /// Who the server proved to be.
+    pub peer: PeerIdentity,
+    /// SHA-256 of the server's TLS public key, hex, as seen on this connection.
+    pub tls_spki_sha256: String,
+    /// The nonce sent, hex.
+    pub nonce: String,
+}
+
+/// Connects to `https://host:port`, asks for evidence with a fresh nonce, and verifies it against
+/// `trust`: pinned for `expect` (or any role when `None`), same deployment, bound to the nonce
+/// and to the TLS key of this very connection.
+pub async fn check_endpoint(
+    url: &str,
+    trust: &Trust,
+    expect: Option<Role>,
+) -> Result<EndpointCheck, MeshError> {
+    let authority = url
+        .strip_prefix("https://")
+        .ok_or_else(|| MeshError::Protocol(format!("{url:?}: only https:// URLs are attested")))?
+        .trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') {
+        return Err(MeshError::Protocol(format!(
+            "{url:?}: give https://HOST[:PORT] without a path"
+        )));
+    }
+    let addr = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_owned()
+    } else {
+        format!("{authority}:443")
+    };
+    let tcp = TcpStream::connect(&addr).await?;
+    let tls_stream = TlsConnector::from(tls::client_config(None)?)
+        .connect(tls::server_name(), tcp)
+        .await
+        .map_err(|e| MeshError::Tls(e.to_string()))?;
+    let spki = {
+        let (_, conn) = tls_stream.get_ref();
+        let cert = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| MeshError::Tls("the server presented no certificate".into()))?;
+        tls::spki_of(cert)?
+    };
+    let mut nonce = [0u8; 32];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut nonce)
+        .map_err(|e| MeshError::Tls(format!("no randomness for the nonce: {e:?}")))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls_stream))
+        .await
+        .map_err(|e| MeshError::Io(e.to_string()))?;
+    tokio::spawn(connection);
+    let request = Request::get(format!("{ATTESTATION_PATH}?nonce={}", hex::encode(nonce)))
+        .header(hyper::header::HOST, authority)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| MeshError::Protocol(e.to_string()))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| MeshError::Io(e.to_string()))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| MeshError::Io(e.to_string()))?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(MeshError::Protocol(format!(
+            "{url} answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        )));
+    }
+    let answer: EndpointAttestation = serde_json::from_slice(&body)
+        .map_err(|e| MeshError::Protocol(format!("not an attestation answer: {e}")))?;
+    if let Some(expect) = expect {
+        if answer.role != expect {
+            return Err(MeshError::UnexpectedRole {
+                expected: expect.to_string(),
+                got: answer.role,
+            });
+        }
+    }
+    let ours = &trust.deployment().deployment_id;
+    if &answer.deployment_id != ours {
+        return Err(MeshError::WrongDeploymentId {
+            expected: ours.clone(),
+            got: answer.deployment_id,
+        });
+    }
+    let now = Timestamp::now().map_err(|e| MeshError::Protocol(e.to_string()))?;
+    let peer = trust.verify(
+        answer.role,
+        &answer.evidence,
+        endpoint_report_data(&nonce, &spki),
+        now,
+    )?;
+    Ok(EndpointCheck {
+        peer,
+        tls_spki_sha256: hex::encode(crate::sha256(&spki)),
+        nonce: hex::encode(nonce),
+    })
+}

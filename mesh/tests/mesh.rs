@@ -1,0 +1,490 @@
+//! The attested mesh on loopback, with the simulated secure processor in-process: two nodes
+//! attest each other, and every way of getting in that must fail fails with its own error.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use coffer_mesh::binding::{session_report_data, Side};
+use coffer_mesh::endpoint::{check_endpoint, serve_endpoint};
+use coffer_mesh::handshake::{read_frame, session_keys, write_frame, Hello, VerdictFrame};
+use coffer_mesh::http::{serve, MeshClient, SessionEvent};
+use coffer_mesh::tls::{self, TlsIdentity};
+use coffer_mesh::{MeshError, MeshNode, Simulation, Trust};
+use coffer_sim::{ReportFields, SimGuest, SimRoot, SimService};
+use coffer_types::{
+    deployment_digest, Bootstrap, Deployment, DeploymentTrustRoot, Platform, Role, RolePins,
+    SimulationRoot, TcbComponents, TcbFloors, DEPLOYMENT_VERSION,
+};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+const KMS: [u8; 48] = [0x11; 48];
+const CLIENT: [u8; 48] = [0x22; 48];
+const OTHER_IMAGE: [u8; 48] = [0x33; 48];
+
+/// One simulation root for the whole file (RSA-4096 generation is slow), with its PEMs.
+fn root() -> &'static (Arc<SimRoot>, SimulationRoot) {
+    static ROOT: OnceLock<(Arc<SimRoot>, SimulationRoot)> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let root = SimRoot::load_or_generate(dir.path()).unwrap();
+        let pems = SimulationRoot {
+            ark_pem: std::fs::read_to_string(dir.path().join("ark.pem")).unwrap(),
+            ask_pem: std::fs::read_to_string(dir.path().join("ask.pem")).unwrap(),
+        };
+        (Arc::new(root), pems)
+    })
+}
+
+fn manifest(edit: impl FnOnce(&mut Deployment)) -> Vec<u8> {
+    let zero = TcbComponents {
+        fmc: None,
+        bl: 0,
+        tee: 0,
+        snp: 0,
+        ucode: 0,
+    };
+    let pins = |m: [u8; 48]| RolePins {
+        measurements: vec![hex::encode(m)],
+        min_tcb: BTreeMap::from([(
+            "genoa".to_owned(),
+            TcbFloors {
+                reported: zero,
+                committed: zero,
+            },
+        )]),
+        pcrs: BTreeMap::new(),
+    };
+    let mut deployment = Deployment {
+        format_version: DEPLOYMENT_VERSION,
+        deployment_id: "mesh-test".into(),
+        platform: Platform::Sim,
+        trust_root: DeploymentTrustRoot::Simulation,
+        simulation_root: Some(root().1.clone()),
+        roles: BTreeMap::from([(Role::Kms, pins(KMS)), (Role::Client, pins(CLIENT))]),
+        endpoints: BTreeMap::new(),
+        session_max_age_secs: 3600,
+        bootstrap: Bootstrap {
+            org: "acme".into(),
+            admin: "admin@acme.example".into(),
+        },
+    };
+    edit(&mut deployment);
+    serde_json::to_vec_pretty(&deployment).unwrap()
+}
+
+/// A node of `role` launched with `measurement` and `policy` into the deployment `manifest`
+/// (HOST_DATA = its digest), trusting `trusts`.
+fn node_with(
+    role: Role,
+    measurement: [u8; 48],
+    policy: u64,
+    launched_into: &[u8],
+    trusts: &[u8],
+) -> Arc<MeshNode> {
+    let provider = SimService::new(
+        root().0.clone(),
+        SimGuest {
+            measurement,
+            host_data: deployment_digest(launched_into),
+            policy,
+        },
+    );
+    let trust = Trust::from_manifest(trusts, Simulation::DangerousAccept).unwrap();
+    Arc::new(MeshNode::new(role, Arc::new(provider), Arc::new(trust)).unwrap())
+}
+
+fn node(role: Role, measurement: [u8; 48], manifest: &[u8]) -> Arc<MeshNode> {
+    node_with(
+        role,
+        measurement,
+        ReportFields::DEFAULT_POLICY,
+        manifest,
+        manifest,
+    )
+}
+
+/// Starts `kms` serving "hello <peer role>" to clients; returns its address and its events.
+async fn start_server(kms: Arc<MeshNode>) -> (String, mpsc::UnboundedReceiver<SessionEvent>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (events, received) = mpsc::unbounded_channel();
+    let handler = |_request: Request<hyper::body::Incoming>,
+                   peer: Arc<coffer_mesh::PeerIdentity>| async move {
+        Response::new(Full::new(Bytes::from(format!("hello {}", peer.role))))
+    };
+    tokio::spawn(serve(
+        kms,
+        listener,
+        vec![Role::Client],
+        handler,
+        Some(events),
+    ));
+    (addr, received)
+}
+
+async fn next_event(events: &mut mpsc::UnboundedReceiver<SessionEvent>) -> SessionEvent {
+    tokio::time::timeout(Duration::from_secs(20), events.recv())
+        .await
+        .expect("an event in time")
+        .expect("the server is running")
+}
+
+async fn refused_by_server(events: &mut mpsc::UnboundedReceiver<SessionEvent>) -> MeshError {
+    match next_event(events).await {
+        SessionEvent::Refused(e) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn get() -> Request<Full<Bytes>> {
+    Request::get("/").body(Full::new(Bytes::new())).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_attest_each_other_and_exchange_a_request() {
+    let manifest = manifest(|_| {});
+    let (addr, mut events) = start_server(node(Role::Kms, KMS, &manifest)).await;
+    let client = node(Role::Client, CLIENT, &manifest);
+    let mut connection = MeshClient::connect(&client, &addr, Role::Kms)
+        .await
+        .unwrap();
+    assert_eq!(connection.peer().role, Role::Kms);
+    assert_eq!(connection.peer().measurement, KMS);
+    assert_eq!(connection.peer().deployment_id, "mesh-test");
+    let response = connection.send(get()).await.unwrap();
+    assert_eq!(response.body().as_ref(), b"hello client");
+    match next_event(&mut events).await {
+        SessionEvent::Accepted(peer) => {
+            assert_eq!(peer.role, Role::Client);
+            assert_eq!(peer.measurement, CLIENT);
+        }
+        other => panic!("expected the client to be accepted, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_built_from_a_different_image_is_refused() {
+    let manifest = manifest(|_| {});
+    let (addr, mut events) = start_server(node(Role::Kms, KMS, &manifest)).await;
+    let client = node(Role::Client, OTHER_IMAGE, &manifest);
+    let e = MeshClient::connect(&client, &addr, Role::Kms)
+        .await
+        .unwrap_err();
+    assert_eq!(e.name(), "refused_by_peer", "{e}");
+    assert!(e.to_string().contains("measurement not pinned"), "{e}");
+    match refused_by_server(&mut events).await {
+        MeshError::MeasurementNotPinned { role, got, pinned } => {
+            assert_eq!(role, Role::Client);
+            assert_eq!(got, hex::encode(OTHER_IMAGE));
+            assert_eq!(pinned, hex::encode(CLIENT));
+        }
+        other => panic!("expected measurement_not_pinned, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_of_another_deployment_is_refused_by_host_data() {
+    let ours = manifest(|_| {});
+    // Same id and pins, another manifest (another admin): another digest in HOST_DATA.
+    let theirs = manifest(|d| d.bootstrap.admin = "mallory@example".into());
+    let (addr, mut events) = start_server(node(Role::Kms, KMS, &ours)).await;
+    let client = node_with(
+        Role::Client,
+        CLIENT,
+        ReportFields::DEFAULT_POLICY,
+        &theirs,
+        &theirs,
+    );
+    MeshClient::connect(&client, &addr, Role::Kms)
+        .await
+        .unwrap_err();
+    match refused_by_server(&mut events).await {
+        MeshError::WrongDeployment { expected, got } => {
+            assert_eq!(expected, hex::encode(deployment_digest(&ours)));
+            assert_eq!(got, hex::encode(deployment_digest(&theirs)));
+        }
+        other => panic!("expected wrong_deployment, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debug_guest_is_refused() {
+    let manifest = manifest(|_| {});
+    let (addr, mut events) = start_server(node(Role::Kms, KMS, &manifest)).await;
+    let policy = ReportFields::DEFAULT_POLICY | ReportFields::POLICY_DEBUG;
+    let client = node_with(Role::Client, CLIENT, policy, &manifest, &manifest);
+    MeshClient::connect(&client, &addr, Role::Kms)
+        .await
+        .unwrap_err();
+    let e = refused_by_server(&mut events).await;
+    assert_eq!(e.name(), "debug_guest", "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_evidence_is_refused_by_an_amd_only_deployment() {
+    let amd = manifest(|d| {
+        d.platform = Platform::QemuSnp;
+        d.trust_root = DeploymentTrustRoot::Amd;
+        d.simulation_root = None;
+    });
+    // The server trusts AMD only (and has no simulation root at all).
+    let kms = {
+        let provider = SimService::new(
+            root().0.clone(),
+            SimGuest {
+                measurement: KMS,
+                host_data: deployment_digest(&amd),
+                policy: ReportFields::DEFAULT_POLICY,
+            },
+        );
+        let trust = Trust::from_manifest(&amd, Simulation::Refuse).unwrap();
+        Arc::new(MeshNode::new(Role::Kms, Arc::new(provider), Arc::new(trust)).unwrap())
+    };
+    let (addr, mut events) = start_server(kms).await;
+    let client = node_with(
+        Role::Client,
+        CLIENT,
+        ReportFields::DEFAULT_POLICY,
+        &amd,
+        &manifest(|_| {}),
+    );
+    MeshClient::connect(&client, &addr, Role::Kms)
+        .await
+        .unwrap_err();
+    match refused_by_server(&mut events).await {
+        MeshError::UntrustedRoot { expected, got } => {
+            assert!(expected.contains("amd"), "{expected}");
+            assert!(got.contains("simulation") || got.contains("Sim"), "{got}");
+        }
+        other => panic!("expected untrusted_root, got {other}"),
+    }
+}
+
+#[test]
+fn a_simulation_deployment_needs_an_explicit_opt_in() {
+    let e = Trust::from_manifest(&manifest(|_| {}), Simulation::Refuse).unwrap_err();
+    assert_eq!(e, MeshError::SimulationNotAllowed);
+}
+
+/// Drives the client side of the protocol by hand with chosen evidence, on a fresh TLS
+/// connection with `identity`. Returns the server's verdict.
+async fn handshake_by_hand(
+    addr: &str,
+    identity: &TlsIdentity,
+    evidence_for: impl FnOnce([u8; 32]) -> coffer_evidence::Evidence,
+) -> VerdictFrame {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut stream = TlsConnector::from(tls::client_config(Some(identity)).unwrap())
+        .connect(tls::server_name(), tcp)
+        .await
+        .unwrap();
+    let (exporter, _) = session_keys(stream.get_ref().1).unwrap();
+    let hello = Hello {
+        version: 1,
+        role: Role::Client,
+        deployment_id: "mesh-test".into(),
+        evidence: evidence_for(exporter),
+    };
+    write_frame(&mut stream, &hello).await.unwrap();
+    let _server_hello: Hello = read_frame(&mut stream).await.unwrap();
+    write_frame(
+        &mut stream,
+        &VerdictFrame {
+            accepted: true,
+            reason: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    read_frame(&mut stream).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_replayed_from_another_session_is_refused() {
+    let manifest = manifest(|_| {});
+    let (addr, mut events) = start_server(node(Role::Kms, KMS, &manifest)).await;
+    let genuine = node(Role::Client, CLIENT, &manifest);
+    let identity = TlsIdentity::generate().unwrap();
+    // Session 1: genuine evidence, bound to session 1. Recorded.
+    let mut recorded = None;
+    let verdict = handshake_by_hand(&addr, &identity, |exporter| {
+        let rd = session_report_data(Side::Client, Role::Client, &exporter, identity.cert_der());
+        let evidence =
+            coffer_evidence::EvidenceProvider::attest(genuine.provider().as_ref(), &rd).unwrap();
+        recorded = Some(evidence.clone());
+        evidence
+    })
+    .await;
+    assert!(verdict.accepted, "session 1 is genuine: {}", verdict.reason);
+    assert!(matches!(
+        next_event(&mut events).await,
+        SessionEvent::Accepted(_)
+    ));
+    // Session 2: the same evidence, same TLS key, replayed.
+    let verdict = handshake_by_hand(&addr, &identity, |_| recorded.take().unwrap()).await;
+    assert!(!verdict.accepted);
+    let e = refused_by_server(&mut events).await;
+    assert_eq!(e.name(), "session_binding_mismatch", "{e}");
+    assert!(
+        verdict.reason.contains("session binding mismatch"),
+        "{}",
+        verdict.reason
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_relayed_from_a_different_tls_session_is_refused() {
+    let manifest = manifest(|_| {});
+    let (victim, mut events) = start_server(node(Role::Kms, KMS, &manifest)).await;
+
+    // The attacker poses as a kms server to a genuine client, takes the genuine client's
+    // evidence from that TLS session and relays it into its own session with the victim.
+    let attacker = TlsIdentity::generate().unwrap();
+    let trap = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trap_addr = trap.local_addr().unwrap().to_string();
+    let acceptor = TlsAcceptor::from(tls::server_config(&attacker).unwrap());
+    let (relayed_tx, relayed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (tcp, _) = trap.accept().await.unwrap();
+        let mut stream = acceptor.accept(tcp).await.unwrap();
+        let hello: Hello = read_frame(&mut stream).await.unwrap();
+        relayed_tx.send(hello.evidence).unwrap();
+    });
+    let genuine = node(Role::Client, CLIENT, &manifest);
+    let fooled =
+        tokio::spawn(async move { MeshClient::connect(&genuine, &trap_addr, Role::Kms).await });
+    let relayed = relayed_rx.await.unwrap();
+    let verdict = handshake_by_hand(&victim, &attacker, |_| relayed).await;
+    assert!(!verdict.accepted);
+    let e = refused_by_server(&mut events).await;
+    assert_eq!(e.name(), "session_binding_mismatch", "{e}");
+    // And the genuine client never accepted the attacker either.
+    assert!(fooled.await.unwrap().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_revoked_on_the_server_tears_the_open_session_down() {
+    let manifest = manifest(|_| {});
+    let kms = node(Role::Kms, KMS, &manifest);
+    let (addr, mut events) = start_server(kms.clone()).await;
+    let client = node(Role::Client, CLIENT, &manifest);
+    let mut connection = MeshClient::connect(&client, &addr, Role::Kms)
+        .await
+        .unwrap();
+    connection.send(get()).await.unwrap();
+    assert!(matches!(
+        next_event(&mut events).await,
+        SessionEvent::Accepted(_)
+    ));
+
+    kms.trust().revoke(Role::Client, &CLIENT);
+    match next_event(&mut events).await {
+        SessionEvent::Ended { peer, reason } => {
+            assert_eq!(peer.measurement, CLIENT);
+            assert_eq!(reason.name(), "pin_revoked", "{reason}");
+        }
+        other => panic!("expected the session to end, got {other:?}"),
+    }
+    // The connection is gone: the next request fails.
+    assert!(connection.send(get()).await.is_err());
+    // And a new one is refused.
+    let e = MeshClient::connect(&client, &addr, Role::Kms)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("measurement not pinned"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_revoked_on_the_client_fails_the_next_request_by_name() {
+    let manifest = manifest(|_| {});
+    let (addr, _events) = start_server(node(Role::Kms, KMS, &manifest)).await;
+    let client = node(Role::Client, CLIENT, &manifest);
+    let mut connection = MeshClient::connect(&client, &addr, Role::Kms)
+        .await
+        .unwrap();
+    connection.send(get()).await.unwrap();
+    client.trust().revoke(Role::Kms, &KMS);
+    let e = connection.send(get()).await.unwrap_err();
+    assert_eq!(
+        e,
+        MeshError::PinRevoked {
+            role: Role::Kms,
+            measurement: hex::encode(KMS)
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_expire_after_the_deployments_bound() {
+    let manifest = manifest(|d| d.session_max_age_secs = 1);
+    let (addr, mut events) = start_server(node(Role::Kms, KMS, &manifest)).await;
+    let client = node(Role::Client, CLIENT, &manifest);
+    let mut connection = MeshClient::connect(&client, &addr, Role::Kms)
+        .await
+        .unwrap();
+    connection.send(get()).await.unwrap();
+    assert!(matches!(
+        next_event(&mut events).await,
+        SessionEvent::Accepted(_)
+    ));
+    match next_event(&mut events).await {
+        SessionEvent::Ended { reason, .. } => assert_eq!(reason, MeshError::Expired(1)),
+        other => panic!("expected expiry, got {other:?}"),
+    }
+    // The client's clock for the session started a little after the server's.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        connection.send(get()).await.unwrap_err(),
+        MeshError::Expired(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_attestation_endpoint_proves_the_server_to_a_caller_with_a_nonce() {
+    let manifest = manifest(|_| {});
+    let kms = node(Role::Kms, KMS, &manifest);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(serve_endpoint(kms.clone(), listener));
+
+    let trust = Trust::from_manifest(&manifest, Simulation::DangerousAccept).unwrap();
+    let check = check_endpoint(&url, &trust, Some(Role::Kms)).await.unwrap();
+    assert_eq!(check.peer.measurement, KMS);
+    assert_eq!(
+        check.tls_spki_sha256,
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            kms.identity().spki_der()
+        ))
+    );
+    let e = check_endpoint(&url, &trust, Some(Role::Executor))
+        .await
+        .unwrap_err();
+    assert_eq!(e.name(), "unexpected_role");
+    // A caller of another deployment does not accept it.
+    let other = Trust::from_manifest(
+        &manifest_with_id("other-deployment"),
+        Simulation::DangerousAccept,
+    )
+    .unwrap();
+    let e = check_endpoint(&url, &other, Some(Role::Kms))
+        .await
+        .unwrap_err();
+    assert_eq!(e.name(), "wrong_deployment_id", "{e}");
+    // Without the simulation opt-in there is no trust to check with at all.
+    assert_eq!(
+        Trust::from_manifest(&manifest, Simulation::Refuse).unwrap_err(),
+        MeshError::SimulationNotAllowed
+    );
+}
+
+fn manifest_with_id(id: &str) -> Vec<u8> {
+    manifest(|d| d.deployment_id = id.into())
+}
