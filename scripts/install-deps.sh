@@ -8,8 +8,9 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages: QEMU (boots the images), musl-tools (musl-gcc for C code in the static
 # appliance binaries), git (the reproducibility test clones the checkout), cpio (to inspect
-# initramfs images by hand).
-packages=(qemu-system-x86 musl-tools git cpio)
+# initramfs images by hand), libtss2-dev + pkg-config (tss-esapi, the Azure vTPM provider), swtpm
+# (a software TPM the Azure path is tested against).
+packages=(qemu-system-x86 musl-tools git cpio libtss2-dev pkg-config swtpm)
 missing=()
 for p in "${packages[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

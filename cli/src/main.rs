@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+mod deployment;
 mod measure;
 mod sim;
 mod verify;
@@ -60,6 +61,16 @@ enum Command {
     /// The simulated secure processor, for development and CI (NOT AMD hardware).
     #[command(subcommand)]
     Sim(SimCommand),
+    /// Deployment manifests.
+    #[command(subcommand)]
+    Deployment(DeploymentCommand),
+}
+
+#[derive(Subcommand)]
+enum DeploymentCommand {
+    /// Write a sim-platform deployment manifest: every role's committed pins, the simulated
+    /// chip's TCB as floors, this machine's simulation root.
+    Init(deployment::InitArgs),
 }
 
 #[derive(Subcommand)]
@@ -68,6 +79,9 @@ enum SimCommand {
     /// image's artifacts. Verifiers accept it only with --trust-simulation and a policy saying
     /// trust_root = "simulation".
     Report(sim::SimReportArgs),
+    /// Serve one VM as its simulated secure processor (started by `coffer run --deployment`).
+    #[command(hide = true)]
+    Serve(sim::SimServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -79,6 +93,10 @@ enum VerifyCommand {
     /// Verify Azure confidential-VM evidence (HCL report with its SEV-SNP report, vTPM quote):
     /// both halves must pass. Exit 0 accepted, 1 rejected, 2 unusable input.
     Azure(verify::VerifyAzureArgs),
+    /// Verify a server's attestation endpoint: fresh nonce, evidence bound to the nonce and to
+    /// the TLS key of this connection, checked against a deployment's pins. Exit 0 accepted,
+    /// 1 refused, 2 unusable input.
+    Endpoint(verify::VerifyEndpointArgs),
 }
 
 #[derive(Subcommand)]
@@ -143,6 +161,11 @@ struct RunArgs {
     /// Seconds to wait for the health endpoint.
     #[arg(long, default_value_t = 180)]
     timeout: u64,
+    /// Launch into this deployment (manifest from `coffer deployment init`): the manifest goes
+    /// to the guest on a config disk and its SHA-256 into HOST_DATA; on the sim platform the
+    /// simulated secure processor starts beside the VM.
+    #[arg(long, value_name = "FILE")]
+    deployment: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -225,6 +248,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(VerifyCommand::Azure(args)) => {
             Ok(ExitCode::from(verify::run_azure(&args)?))
         }
+        Command::Verify(VerifyCommand::Endpoint(args)) => {
+            Ok(ExitCode::from(verify::run_endpoint(&args)?))
+        }
         command => dispatch(command, state_dir).map(|()| ExitCode::SUCCESS),
     }
 }
@@ -298,6 +324,8 @@ fn dispatch(command: Command, state_dir: PathBuf) -> anyhow::Result<()> {
         Command::Run(args) => run_vm(args, state_dir),
         Command::Stop(args) => stop_vms(args, &state_dir),
         Command::Sim(SimCommand::Report(args)) => sim::run(&args, &state_dir),
+        Command::Sim(SimCommand::Serve(args)) => sim::serve(&args, &state_dir),
+        Command::Deployment(DeploymentCommand::Init(args)) => deployment::init(&args, &state_dir),
         Command::Measure(MeasureCommand::Snp(args)) => {
             println!("{}", measure::run(&args)?);
             Ok(())
@@ -331,6 +359,17 @@ fn run_vm(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         cpus: args.cpus,
         ports: args.ports,
         state_dir: state_dir.clone(),
+        deployment: match &args.deployment {
+            Some(path) => Some(coffer_qemu::DeploymentLaunch {
+                manifest: std::fs::read(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                sim: Some(coffer_qemu::SimProcess {
+                    program: std::env::current_exe().context("the coffer binary")?,
+                    sim_dir: sim::default_sim_dir(&state_dir),
+                }),
+            }),
+            None => None,
+        },
     };
     let vm = coffer_qemu::launch(&options)?;
     eprintln!(
@@ -408,4 +447,9 @@ fn report_stop(name: &str, outcome: StopOutcome) {
         StopOutcome::Killed => println!("{name}: did not power off in time; killed"),
         StopOutcome::AlreadyStopped => println!("{name}: was not running"),
     }
+}
+
+/// The Coffer checkout around the current directory.
+pub(crate) fn checkout() -> anyhow::Result<PathBuf> {
+    Ok(coffer_image::find_checkout(&std::env::current_dir()?)?)
 }

@@ -130,3 +130,73 @@ fn fill(field: &mut [u8], hex: &str, flag: &str) -> anyhow::Result<()> {
     field[..bytes.len()].copy_from_slice(&bytes);
     Ok(())
 }
+
+/// `coffer sim serve`: the simulated secure processor of one VM (started by `coffer run`).
+#[derive(Debug, Clone, Args)]
+pub struct SimServeArgs {
+    /// The image directory QEMU boots (its artifacts give the launch measurement).
+    #[arg(long, value_name = "DIR")]
+    pub image: PathBuf,
+    /// vCPU count of the launch.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// vCPU type of the launch.
+    #[arg(long, default_value = coffer_qemu::SIM_VCPU_TYPE)]
+    pub vcpu_type: String,
+    /// HOST_DATA (64 hex digits): the deployment digest.
+    #[arg(long, value_name = "HEX")]
+    pub host_data: String,
+    /// The unix socket QEMU's virtio-serial port connects to.
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// The simulated secure processor's key directory [default: <state dir>/sim].
+    #[arg(long, value_name = "DIR")]
+    pub sim_dir: Option<PathBuf>,
+}
+
+/// Serves one VM until QEMU closes the socket.
+pub fn serve(args: &SimServeArgs, state_dir: &Path) -> anyhow::Result<()> {
+    let config = coffer_sim::SimLaunchConfig {
+        vcpus: args.vcpus,
+        vcpu_type: args.vcpu_type.clone(),
+        ..coffer_sim::SimLaunchConfig::default()
+    };
+    let measurement = coffer_sim::measure_image(&args.image, &config)?;
+    let mut host_data = [0u8; 32];
+    let bytes = hex::decode(&args.host_data).context("--host-data is not hex")?;
+    anyhow::ensure!(
+        bytes.len() == 32,
+        "--host-data must be 32 bytes, got {}",
+        bytes.len()
+    );
+    host_data.copy_from_slice(&bytes);
+    let sim_dir = args
+        .sim_dir
+        .clone()
+        .unwrap_or_else(|| default_sim_dir(state_dir));
+    let root = SimRoot::load_or_generate(&sim_dir)
+        .with_context(|| format!("simulated secure processor in {}", sim_dir.display()))?;
+    let service = coffer_sim::SimService::new(
+        std::sync::Arc::new(root),
+        coffer_sim::SimGuest {
+            measurement,
+            host_data,
+            policy: ReportFields::DEFAULT_POLICY,
+        },
+    );
+    let listener = std::os::unix::net::UnixListener::bind(&args.socket)
+        .with_context(|| format!("cannot listen on {}", args.socket.display()))?;
+    eprintln!(
+        "coffer sim: simulated secure processor (NOT AMD) for {} ({} vCPUs {}): measurement {}, host_data {}",
+        args.image.display(),
+        args.vcpus,
+        args.vcpu_type,
+        hex::encode(measurement),
+        args.host_data
+    );
+    let (stream, _) = listener.accept().context("waiting for QEMU")?;
+    let _ = std::fs::remove_file(&args.socket);
+    service.serve(stream).context("serving the guest")?;
+    eprintln!("coffer sim: the VM closed the port; exiting");
+    Ok(())
+}

@@ -451,3 +451,78 @@ fn pcr_pins(path: &Path) -> anyhow::Result<coffer_vtpm::PcrPins> {
     }
     Ok(pins)
 }
+
+/// `coffer verify endpoint https://HOST[:PORT] --deployment FILE [...]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyEndpointArgs {
+    /// The server, https://HOST[:PORT].
+    pub url: String,
+    /// The deployment manifest the server must belong to (its pins and root).
+    #[arg(long, value_name = "FILE")]
+    pub deployment: PathBuf,
+    /// The role the server must prove [default: any role of the deployment].
+    #[arg(long)]
+    pub role: Option<coffer_types::Role>,
+    /// Accept a deployment whose root is the simulated secure processor (development and CI
+    /// only: simulated evidence proves nothing about hardware).
+    #[arg(long)]
+    pub allow_simulation: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Checks a server's attestation endpoint; 0 accepted, 1 refused.
+pub fn run_endpoint(args: &VerifyEndpointArgs) -> anyhow::Result<u8> {
+    let manifest = std::fs::read(&args.deployment)
+        .with_context(|| format!("cannot read {}", args.deployment.display()))?;
+    let simulation = if args.allow_simulation {
+        coffer_mesh::Simulation::DangerousAccept
+    } else {
+        coffer_mesh::Simulation::Refuse
+    };
+    let trust = coffer_mesh::Trust::from_manifest(&manifest, simulation)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(coffer_mesh::endpoint::check_endpoint(
+        &args.url, &trust, args.role,
+    ));
+    match result {
+        Ok(check) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "accepted": true,
+                        "role": check.peer.role,
+                        "measurement": hex::encode(check.peer.measurement),
+                        "deployment_id": check.peer.deployment_id,
+                        "trust_root": check.peer.trust_root,
+                        "tls_spki_sha256": check.tls_spki_sha256,
+                        "nonce": check.nonce,
+                    })
+                );
+            } else {
+                println!("ACCEPTED: {} is {}", args.url, check.peer);
+                println!("  TLS public key sha256 {}", check.tls_spki_sha256);
+                println!("  fresh nonce {}", check.nonce);
+                if check.peer.trust_root == coffer_verify::TrustRoot::Simulation {
+                    println!("  WARNING: simulated secure processor, NOT AMD hardware");
+                }
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "accepted": false, "error": e.name(), "message": e.to_string() })
+                );
+            } else {
+                println!("REFUSED: {} ({}): {e}", args.url, e.name());
+            }
+            Ok(1)
+        }
+    }
+}

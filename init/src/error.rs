@@ -5,6 +5,9 @@ use nix::errno::Errno;
 /// Why the init could not bring the appliance up.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
+    /// The deployment manifest could not be read or does not match this guest's evidence.
+    #[error("deployment refused: {0}")]
+    Deployment(String),
     /// A pseudo file system could not be mounted.
     #[error("cannot mount {fstype} on {target}: {errno}")]
     Mount {

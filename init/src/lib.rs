@@ -8,16 +8,19 @@
 //!    ([`coffer_types::ApplianceConfig`]);
 //! 3. waits for the kernel's random number generator to be seeded;
 //! 4. loads the image's kernel modules in the order the builder computed, then mounts configfs;
-//! 5. brings up loopback and the image's network interface (static address, or DHCP on clouds);
-//! 6. starts the fixed service set and supervises it: reaps every child (also orphans), restarts a
+//! 5. binds the appliance to its deployment: the manifest from the config disk must hash to the
+//!    HOST_DATA in this guest's own evidence, or no service starts (see `deployment`);
+//! 6. brings up loopback and the image's network interface (static address, or DHCP on clouds);
+//! 7. starts the fixed service set and supervises it: reaps every child (also orphans), restarts a
 //!    crashed service with exponential backoff, and powers the VM off (fail-stop) when a critical
 //!    service is in a crash loop;
-//! 7. on SIGTERM, SIGINT (Ctrl-Alt-Del) or the ACPI power button, stops the services in reverse
+//! 8. on SIGTERM, SIGINT (Ctrl-Alt-Del) or the ACPI power button, stops the services in reverse
 //!    order and powers off.
 //!
 //! What it trusts: the kernel, and the baked configuration (which is part of the launch
-//! measurement). What it does not trust: anything the host provides at run time. It holds no keys
-//! and knows nothing about them.
+//! measurement). What it does not trust: anything the host provides at run time (the deployment
+//! manifest is checked against the secure processor's HOST_DATA). It holds no keys and knows
+//! nothing about them.
 //!
 //! It never panics on purpose: every step returns a typed [`InitError`], and any error during boot
 //! is logged and ends in a clean power-off, because a half-configured appliance must not serve.
@@ -26,6 +29,7 @@
 
 pub mod backoff;
 mod console;
+mod deployment;
 mod dhcp;
 mod error;
 mod modules;
@@ -70,6 +74,7 @@ fn boot_and_supervise(started: Instant) -> Result<String, InitError> {
     rng::wait_until_seeded()?;
     modules::load_all(&config.modules)?;
     mounts::mount_configfs()?;
+    deployment::bind(&config)?;
     net::configure(&config.network)?;
     let buttons = power::open_power_buttons();
     info!(

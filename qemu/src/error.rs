@@ -3,6 +3,9 @@
 /// Why a VM could not be started, checked or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
+    /// The deployment cannot be launched.
+    #[error("deployment: {0}")]
+    Deployment(String),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::deploy::{self, DeploymentLaunch};
 use crate::image::Image;
 use crate::state::{self, Forward, VmRecord};
 use crate::{qmp, LaunchError};
@@ -46,6 +47,8 @@ pub struct LaunchOptions {
     pub ports: Vec<(String, u16)>,
     /// State root (see [`state::default_state_dir`]).
     pub state_dir: PathBuf,
+    /// The deployment to launch into, if any (see [`DeploymentLaunch`]).
+    pub deployment: Option<DeploymentLaunch>,
 }
 
 /// Boots the image in the background (QEMU daemonizes once its devices are set up, so
@@ -53,6 +56,7 @@ pub struct LaunchOptions {
 pub fn launch(options: &LaunchOptions) -> Result<VmRecord, LaunchError> {
     let image = Image::open(&options.image_dir)?;
     let manifest = &image.manifest;
+    let deployment = options.deployment.as_ref().map(deploy::check).transpose()?;
     let name = options
         .name
         .clone()
@@ -118,10 +122,37 @@ pub fn launch(options: &LaunchOptions) -> Result<VmRecord, LaunchError> {
         serial_log: dir.join("serial.log"),
         forwards,
         health_port,
+        deployment_id: deployment.as_ref().map(|d| d.deployment_id.clone()),
+        sim_pid: None,
     };
     let _ = std::fs::remove_file(&record.serial_log);
     let pid_file = dir.join("qemu.pid");
-    let args = qemu_args(&image, options, &record, &pid_file)?;
+    let mut args = qemu_args(&image, options, &record, &pid_file)?;
+    let mut record = record;
+    if let Some(launch) = &options.deployment {
+        let disk = dir.join("config.img");
+        deploy::write_config_disk(&disk, &launch.manifest)?;
+        let copy = deploy::manifest_copy(&dir);
+        std::fs::write(&copy, &launch.manifest).map_err(|e| LaunchError::io(&copy, e))?;
+        let socket = dir.join("sim.sock");
+        let sim_socket = match &launch.sim {
+            Some(sim) => {
+                let pid = deploy::start_sim(
+                    sim,
+                    &image.dir,
+                    options.cpus,
+                    &launch.manifest,
+                    &socket,
+                    &dir.join("sim.log"),
+                )?;
+                record.sim_pid = Some(pid);
+                Some(socket.as_path())
+            }
+            None => None,
+        };
+        args.extend(deploy::qemu_args(&disk, sim_socket));
+    }
+    let record = record;
     let qemu = std::env::var_os("COFFER_QEMU").unwrap_or_else(|| "qemu-system-x86_64".into());
     let output = Command::new(&qemu).args(&args).output().map_err(|e| {
         LaunchError::Qemu(format!(
@@ -130,6 +161,7 @@ pub fn launch(options: &LaunchOptions) -> Result<VmRecord, LaunchError> {
         ))
     })?;
     if !output.status.success() {
+        stop_sim(&record);
         let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
         // QEMU: "Could not set up host forwarding rule 'tcp:127.0.0.1:PORT-:GUEST'".
         if let Some(forward) = record.forwards.iter().find(|f| {
@@ -235,6 +267,7 @@ pub fn stop(
     timeout: Duration,
 ) -> Result<StopOutcome, LaunchError> {
     if !vm.is_running() {
+        stop_sim(vm);
         state::forget(state_dir, &vm.name);
         return Ok(StopOutcome::AlreadyStopped);
     }
@@ -253,8 +286,17 @@ pub fn stop(
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    stop_sim(vm);
     state::forget(state_dir, &vm.name);
     pressed.map(|_| outcome)
+}
+
+/// Ends a VM's simulated secure processor if it is still there (it normally exits by itself
+/// when QEMU closes its socket).
+fn stop_sim(vm: &VmRecord) {
+    if let Some(pid) = vm.sim_pid {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
 }
 
 /// Waits until the VM's QEMU exits by itself (guest power-off), up to `timeout`.

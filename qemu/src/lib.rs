@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+mod deploy;
 mod error;
 pub mod health;
 mod image;
@@ -21,6 +22,7 @@ mod launch;
 pub mod qmp;
 pub mod state;
 
+pub use deploy::{DeploymentLaunch, SimProcess, SIM_VCPU_TYPE};
 pub use error::LaunchError;
 pub use image::Image;
 pub use launch::{launch, stop, wait_exit, Accel, LaunchOptions, StopOutcome};

@@ -55,6 +55,12 @@ pub struct VmRecord {
     pub forwards: Vec<Forward>,
     /// Host port of the health endpoint.
     pub health_port: u16,
+    /// The deployment the VM belongs to, if any.
+    #[serde(default)]
+    pub deployment_id: Option<String>,
+    /// Process id of its simulated secure processor, if any.
+    #[serde(default)]
+    pub sim_pid: Option<i32>,
 }
 
 impl VmRecord {

@@ -122,16 +122,30 @@ pub fn measure_args(image: &Path, vcpus: u32, vcpu_type: &str, features: &str) -
 pub struct Vm {
     /// Its record (ports, serial log, pid).
     pub record: VmRecord,
-    /// The state directory it is recorded in.
-    pub state: tempfile::TempDir,
+    /// The state directory it is recorded in (shared by the VMs of one deployment).
+    pub state: std::sync::Arc<tempfile::TempDir>,
 }
 
 impl Vm {
     /// `coffer run IMAGE --detach` under a fresh state directory; panics with the CLI's output
     /// if it fails.
     pub fn start(image: &Path, name: &str) -> Vm {
-        let state = tempfile::tempdir().unwrap();
-        let outcome = run(&[
+        Vm::start_in(
+            std::sync::Arc::new(tempfile::tempdir().unwrap()),
+            image,
+            name,
+            &[],
+        )
+    }
+
+    /// `coffer run IMAGE --detach EXTRA...` under the state directory `state`.
+    pub fn start_in(
+        state: std::sync::Arc<tempfile::TempDir>,
+        image: &Path,
+        name: &str,
+        extra: &[&str],
+    ) -> Vm {
+        let mut args = vec![
             "--state-dir",
             state.path().to_str().unwrap(),
             "run",
@@ -139,7 +153,9 @@ impl Vm {
             "--detach",
             "--name",
             name,
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let outcome = run(&args);
         assert_eq!(outcome.code, 0, "coffer run failed: {outcome:?}");
         assert!(
             outcome.stdout.contains("healthy: http://127.0.0.1:"),

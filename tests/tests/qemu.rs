@@ -31,8 +31,12 @@ fn boots_serves_health_and_powers_off_cleanly(role: Role) {
     let log = vm.serial();
     assert_eq!(
         log.matches("service started").count(),
-        1,
-        "one service, started once:\n{log}"
+        2,
+        "two services (health and mesh), each started once:\n{log}"
+    );
+    assert!(
+        log.contains("no deployment config disk: standalone appliance"),
+        "{log}"
     );
     assert!(
         !log.contains("service exited"),

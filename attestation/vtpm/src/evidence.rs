@@ -10,7 +10,7 @@
 //! `message` is the TPMS_ATTEST the AK signed; `signature` the raw RSASSA-PKCS1-v1_5/SHA-256
 //! signature (the Azure AK's scheme).
 
-use base64ct::{Base64UrlUnpadded, Encoding};
+use base64ct::{Base64, Base64UrlUnpadded, Encoding};
 use serde::Deserialize;
 
 use crate::quote::Quote;
@@ -118,6 +118,67 @@ pub fn parse_trustee_json(bytes: &[u8]) -> Result<AzureEvidence, EvidenceError> 
             })
         }
     }
+}
+
+/// Writes evidence as a Trustee `az-snp-vtpm` version 2 document (the shape
+/// [`parse_trustee_json`] reads back): quote fields hex, HCL report and VCEK base64url without
+/// padding. A PEM VCEK is written as its DER, as Trustee does. Only an RSASSA/SHA-256 quote
+/// signature fits the format (it carries the raw signature, not a TPMT_SIGNATURE).
+pub fn to_trustee_json_v2(evidence: &AzureEvidence) -> Result<String, EvidenceError> {
+    let signature = match evidence.quote.signature() {
+        Signature::RsaSsa {
+            hash: alg::SHA256,
+            sig,
+        } => sig,
+        other => {
+            return Err(EvidenceError::Field {
+                field: "tpm_quote.signature",
+                reason: format!(
+                    "{} cannot be written: the format holds an RSASSA/SHA-256 signature",
+                    other.describe()
+                ),
+            })
+        }
+    };
+    let vcek = pem_to_der(&evidence.vcek)?;
+    let pcrs: Vec<String> = evidence
+        .quote
+        .pcr_values()
+        .iter()
+        .map(hex::encode)
+        .collect();
+    Ok(serde_json::json!({
+        "version": 2,
+        "tpm_quote": {
+            "signature": hex::encode(signature),
+            "message": hex::encode(evidence.quote.attest_bytes()),
+            "pcrs": pcrs,
+        },
+        "hcl_report": Base64UrlUnpadded::encode_string(&evidence.hcl_report),
+        "vcek": Base64UrlUnpadded::encode_string(&vcek),
+    })
+    .to_string())
+}
+
+/// The DER inside a PEM document; other bytes (DER already) unchanged.
+fn pem_to_der(bytes: &[u8]) -> Result<Vec<u8>, EvidenceError> {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Ok(bytes.to_vec());
+    };
+    if !text.trim_start().starts_with("-----BEGIN") {
+        return Ok(bytes.to_vec());
+    }
+    let body: String = text
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| !l.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    Base64::decode_vec(&body).map_err(|e| EvidenceError::Field {
+        field: "vcek",
+        reason: format!("PEM body is not base64: {e}"),
+    })
 }
 
 fn quote(signature: Vec<u8>, message: Vec<u8>, pcrs: Vec<[u8; 32]>) -> Quote {

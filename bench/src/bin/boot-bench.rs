@@ -121,6 +121,7 @@ fn launch(image: &Path, state: &Path, name: &str) -> anyhow::Result<(VmRecord, I
         cpus: 1,
         ports: Vec::new(),
         state_dir: state.to_path_buf(),
+        deployment: None,
     })?;
     Ok((vm, started))
 }

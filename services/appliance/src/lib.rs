@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod health;
+pub mod mesh;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -46,6 +47,10 @@ enum Shared {
         #[arg(long)]
         orphan_ms: Option<u64>,
     },
+    /// Serve HTTP over the attested mesh (and the attestation endpoint for people).
+    MeshServe(mesh::ServeArgs),
+    /// Connect to a peer role over the attested mesh and exchange requests.
+    MeshProbe(mesh::ProbeArgs),
     /// Print the image role and version.
     Version,
 }
@@ -65,6 +70,8 @@ pub fn main(role: Role) -> ExitCode {
     service_startup();
     match cli.applet {
         Shared::Health(args) => health::run(role, &args),
+        Shared::MeshServe(args) => mesh::serve_main(role, &args),
+        Shared::MeshProbe(args) => mesh::probe_main(role, &args),
         Shared::ExitAfter {
             ms,
             code,

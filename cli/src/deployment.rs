@@ -1,0 +1,133 @@
+//! `coffer deployment init`: writes a deployment manifest from the committed pins.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use coffer_sim::SimRoot;
+use coffer_types::{
+    deployment_digest, Bootstrap, Deployment, DeploymentTrustRoot, PinFile, Platform, Role,
+    RolePins, SimulationRoot, TcbComponents, TcbFloors, DEPLOYMENT_VERSION,
+};
+
+/// `coffer deployment init --out FILE [...]`.
+#[derive(Debug, Clone, Args)]
+pub struct InitArgs {
+    /// Where to write the manifest.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// The deployment's id.
+    #[arg(long, default_value = "dev")]
+    pub id: String,
+    /// Mesh endpoint of a role as seen from the VMs, ROLE=HOST:PORT (repeatable).
+    #[arg(long = "endpoint", value_name = "ROLE=HOST:PORT", value_parser = parse_endpoint)]
+    pub endpoints: Vec<(Role, String)>,
+    /// Directory of the committed pins [default: measurements/pins in the checkout].
+    #[arg(long, value_name = "DIR")]
+    pub pins: Option<PathBuf>,
+    /// Seconds a mesh session lives before it must re-attest.
+    #[arg(long, default_value_t = 3600)]
+    pub session_max_age: u64,
+    /// The simulated secure processor's key directory [default: <state dir>/sim].
+    #[arg(long, value_name = "DIR")]
+    pub sim_dir: Option<PathBuf>,
+    /// The first organisation.
+    #[arg(long, default_value = "acme")]
+    pub org: String,
+    /// Its first administrator.
+    #[arg(long, default_value = "admin@acme.example")]
+    pub admin: String,
+}
+
+fn parse_endpoint(text: &str) -> Result<(Role, String), String> {
+    let (role, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not ROLE=HOST:PORT"))?;
+    Ok((role.parse().map_err(|e| format!("{e}"))?, addr.to_owned()))
+}
+
+/// Writes a sim-platform manifest: pins of every role from the committed pin files, TCB floors
+/// at the simulated chip's TCB, the simulation root of this machine.
+pub fn init(args: &InitArgs, state_dir: &Path) -> anyhow::Result<()> {
+    let pins_dir = match &args.pins {
+        Some(dir) => dir.clone(),
+        None => crate::checkout()?.join("measurements/pins"),
+    };
+    let sim_dir = args
+        .sim_dir
+        .clone()
+        .unwrap_or_else(|| crate::sim::default_sim_dir(state_dir));
+    let root = SimRoot::load_or_generate(&sim_dir)
+        .with_context(|| format!("simulated secure processor in {}", sim_dir.display()))?;
+    let pem = |name: &str| {
+        let path = sim_dir.join(name);
+        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let tcb = root.tcb();
+    let floor = TcbComponents {
+        fmc: None,
+        bl: tcb.bl,
+        tee: tcb.tee,
+        snp: tcb.snp,
+        ucode: tcb.ucode,
+    };
+    let mut roles = BTreeMap::new();
+    for role in Role::ALL {
+        let path = pins_dir.join(format!("{role}.json"));
+        let text =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let pins: PinFile = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not a pin file", path.display()))?;
+        let mut measurements: Vec<String> = pins
+            .sets
+            .iter()
+            .flat_map(|set| set.snp.iter().map(|d| d.launch_digest.clone()))
+            .collect();
+        measurements.sort();
+        measurements.dedup();
+        roles.insert(
+            role,
+            RolePins {
+                measurements,
+                min_tcb: BTreeMap::from([(
+                    "genoa".to_owned(),
+                    TcbFloors {
+                        reported: floor,
+                        committed: floor,
+                    },
+                )]),
+                pcrs: BTreeMap::new(),
+            },
+        );
+    }
+    let deployment = Deployment {
+        format_version: DEPLOYMENT_VERSION,
+        deployment_id: args.id.clone(),
+        platform: Platform::Sim,
+        trust_root: DeploymentTrustRoot::Simulation,
+        simulation_root: Some(SimulationRoot {
+            ark_pem: pem("ark.pem")?,
+            ask_pem: pem("ask.pem")?,
+        }),
+        roles,
+        endpoints: args.endpoints.iter().cloned().collect(),
+        session_max_age_secs: args.session_max_age,
+        bootstrap: Bootstrap {
+            org: args.org.clone(),
+            admin: args.admin.clone(),
+        },
+    };
+    deployment.validate()?;
+    let mut bytes = serde_json::to_vec_pretty(&deployment)?;
+    bytes.push(b'\n');
+    std::fs::write(&args.out, &bytes)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    println!(
+        "deployment {} (platform sim, NOT AMD hardware): {} (digest {})",
+        args.id,
+        args.out.display(),
+        hex::encode(deployment_digest(&bytes))
+    );
+    Ok(())
+}
