@@ -46,6 +46,7 @@ bench: coffer
 	cargo run --locked --release -p coffer-bench --bin boot-bench
 	cargo run --locked --release -p coffer-bench --bin measure-bench
 	cargo run --locked --release -p coffer-bench --bin verify-bench
+	cargo run --locked --release -p coffer-bench --bin mesh-bench
 
 lint:
 	cargo fmt --all -- --check

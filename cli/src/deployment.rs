@@ -6,10 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use coffer_sim::SimRoot;
-use coffer_types::{
-    deployment_digest, Bootstrap, Deployment, DeploymentTrustRoot, PinFile, Platform, Role,
-    RolePins, SimulationRoot, TcbComponents, TcbFloors, DEPLOYMENT_VERSION,
-};
+use coffer_types::{deployment_digest, Bootstrap, PinFile, Role};
 
 /// `coffer deployment init --out FILE [...]`.
 #[derive(Debug, Clone, Args)]
@@ -60,63 +57,28 @@ pub fn init(args: &InitArgs, state_dir: &Path) -> anyhow::Result<()> {
         .unwrap_or_else(|| crate::sim::default_sim_dir(state_dir));
     let root = SimRoot::load_or_generate(&sim_dir)
         .with_context(|| format!("simulated secure processor in {}", sim_dir.display()))?;
-    let pem = |name: &str| {
-        let path = sim_dir.join(name);
-        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
-    };
-    let tcb = root.tcb();
-    let floor = TcbComponents {
-        fmc: None,
-        bl: tcb.bl,
-        tee: tcb.tee,
-        snp: tcb.snp,
-        ucode: tcb.ucode,
-    };
-    let mut roles = BTreeMap::new();
+    let mut measurements = BTreeMap::new();
     for role in Role::ALL {
         let path = pins_dir.join(format!("{role}.json"));
         let text =
             std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let pins: PinFile = serde_json::from_slice(&text)
             .with_context(|| format!("{} is not a pin file", path.display()))?;
-        let mut measurements: Vec<String> = pins
+        let mut digests: Vec<String> = pins
             .sets
             .iter()
             .flat_map(|set| set.snp.iter().map(|d| d.launch_digest.clone()))
             .collect();
-        measurements.sort();
-        measurements.dedup();
-        roles.insert(
-            role,
-            RolePins {
-                measurements,
-                min_tcb: BTreeMap::from([(
-                    "genoa".to_owned(),
-                    TcbFloors {
-                        reported: floor,
-                        committed: floor,
-                    },
-                )]),
-                pcrs: BTreeMap::new(),
-            },
-        );
+        digests.sort();
+        digests.dedup();
+        measurements.insert(role, digests);
     }
-    let deployment = Deployment {
-        format_version: DEPLOYMENT_VERSION,
-        deployment_id: args.id.clone(),
-        platform: Platform::Sim,
-        trust_root: DeploymentTrustRoot::Simulation,
-        simulation_root: Some(SimulationRoot {
-            ark_pem: pem("ark.pem")?,
-            ask_pem: pem("ask.pem")?,
-        }),
-        roles,
-        endpoints: args.endpoints.iter().cloned().collect(),
-        session_max_age_secs: args.session_max_age,
-        bootstrap: Bootstrap {
-            org: args.org.clone(),
-            admin: args.admin.clone(),
-        },
+    let mut deployment = coffer_sim::sim_deployment(&root, &args.id, measurements)?;
+    deployment.endpoints = args.endpoints.iter().cloned().collect();
+    deployment.session_max_age_secs = args.session_max_age;
+    deployment.bootstrap = Bootstrap {
+        org: args.org.clone(),
+        admin: args.admin.clone(),
     };
     deployment.validate()?;
     let mut bytes = serde_json::to_vec_pretty(&deployment)?;

@@ -152,6 +152,10 @@ impl MeshClient {
         if let Some(reason) = self.closed.borrow().clone() {
             return Err(reason);
         }
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| MeshError::Io(e.to_string()))?;
         let response = self
             .sender
             .send_request(request)

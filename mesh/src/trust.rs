@@ -10,7 +10,9 @@ use std::sync::Arc;
 use coffer_evidence::Evidence;
 use coffer_types::{deployment_digest, Deployment, DeploymentTrustRoot, Platform, Role};
 use coffer_verify::policy::{TcbFloor, TcbFloorsFile};
-use coffer_verify::{AmdRoots, CheckId, Generation, Policy, Timestamp, TrustRoot, Verdict};
+use coffer_verify::{
+    AmdRoots, CheckId, Generation, Policy, SignatureCache, Timestamp, TrustRoot, Verdict,
+};
 use tokio::sync::watch;
 
 use crate::MeshError;
@@ -60,6 +62,8 @@ pub struct Trust {
     roots: AmdRoots,
     trust_root: TrustRoot,
     pins: watch::Sender<Arc<Pins>>,
+    /// Certificate signatures already verified (the peers' chains repeat on every session).
+    collateral: SignatureCache,
 }
 
 impl std::fmt::Debug for Trust {
@@ -105,6 +109,7 @@ impl Trust {
             roots,
             trust_root,
             pins: watch::Sender::new(Arc::new(pins)),
+            collateral: SignatureCache::default(),
         })
     }
 
@@ -233,8 +238,13 @@ impl Trust {
                 expected: "an SNP report and DER certificates".into(),
                 got: e.to_string(),
             })?;
-        let verdict =
-            coffer_verify::verify(&parsed, &self.roots, &self.policy(role, report_data), now);
+        let verdict = coffer_verify::verify_with_cache(
+            &parsed,
+            &self.roots,
+            &self.policy(role, report_data),
+            now,
+            Some(&self.collateral),
+        );
         if verdict.accepted() {
             let fields = parsed.report.fields();
             return Ok(PeerIdentity {

@@ -13,11 +13,8 @@ use coffer_mesh::handshake::{read_frame, session_keys, write_frame, Hello, Verdi
 use coffer_mesh::http::{serve, MeshClient, SessionEvent};
 use coffer_mesh::tls::{self, TlsIdentity};
 use coffer_mesh::{MeshError, MeshNode, Simulation, Trust};
-use coffer_sim::{ReportFields, SimGuest, SimRoot, SimService};
-use coffer_types::{
-    deployment_digest, Bootstrap, Deployment, DeploymentTrustRoot, Platform, Role, RolePins,
-    SimulationRoot, TcbComponents, TcbFloors, DEPLOYMENT_VERSION,
-};
+use coffer_sim::{sim_deployment, ReportFields, SimGuest, SimRoot, SimService};
+use coffer_types::{deployment_digest, Deployment, DeploymentTrustRoot, Platform, Role};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response};
@@ -29,53 +26,22 @@ const KMS: [u8; 48] = [0x11; 48];
 const CLIENT: [u8; 48] = [0x22; 48];
 const OTHER_IMAGE: [u8; 48] = [0x33; 48];
 
-/// One simulation root for the whole file (RSA-4096 generation is slow), with its PEMs.
-fn root() -> &'static (Arc<SimRoot>, SimulationRoot) {
-    static ROOT: OnceLock<(Arc<SimRoot>, SimulationRoot)> = OnceLock::new();
+/// One simulation root for the whole file (RSA-4096 generation is slow).
+fn root() -> &'static Arc<SimRoot> {
+    static ROOT: OnceLock<Arc<SimRoot>> = OnceLock::new();
     ROOT.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let root = SimRoot::load_or_generate(dir.path()).unwrap();
-        let pems = SimulationRoot {
-            ark_pem: std::fs::read_to_string(dir.path().join("ark.pem")).unwrap(),
-            ask_pem: std::fs::read_to_string(dir.path().join("ask.pem")).unwrap(),
-        };
-        (Arc::new(root), pems)
+        Arc::new(SimRoot::load_or_generate(dir.path()).unwrap())
     })
 }
 
+/// The test deployment (kms and client pinned), edited by `edit`, as bytes.
 fn manifest(edit: impl FnOnce(&mut Deployment)) -> Vec<u8> {
-    let zero = TcbComponents {
-        fmc: None,
-        bl: 0,
-        tee: 0,
-        snp: 0,
-        ucode: 0,
-    };
-    let pins = |m: [u8; 48]| RolePins {
-        measurements: vec![hex::encode(m)],
-        min_tcb: BTreeMap::from([(
-            "genoa".to_owned(),
-            TcbFloors {
-                reported: zero,
-                committed: zero,
-            },
-        )]),
-        pcrs: BTreeMap::new(),
-    };
-    let mut deployment = Deployment {
-        format_version: DEPLOYMENT_VERSION,
-        deployment_id: "mesh-test".into(),
-        platform: Platform::Sim,
-        trust_root: DeploymentTrustRoot::Simulation,
-        simulation_root: Some(root().1.clone()),
-        roles: BTreeMap::from([(Role::Kms, pins(KMS)), (Role::Client, pins(CLIENT))]),
-        endpoints: BTreeMap::new(),
-        session_max_age_secs: 3600,
-        bootstrap: Bootstrap {
-            org: "acme".into(),
-            admin: "admin@acme.example".into(),
-        },
-    };
+    let pins = BTreeMap::from([
+        (Role::Kms, vec![hex::encode(KMS)]),
+        (Role::Client, vec![hex::encode(CLIENT)]),
+    ]);
+    let mut deployment = sim_deployment(root(), "mesh-test", pins).unwrap();
     edit(&mut deployment);
     serde_json::to_vec_pretty(&deployment).unwrap()
 }
@@ -90,7 +56,7 @@ fn node_with(
     trusts: &[u8],
 ) -> Arc<MeshNode> {
     let provider = SimService::new(
-        root().0.clone(),
+        root().clone(),
         SimGuest {
             measurement,
             host_data: deployment_digest(launched_into),
@@ -238,7 +204,7 @@ async fn simulated_evidence_is_refused_by_an_amd_only_deployment() {
     // The server trusts AMD only (and has no simulation root at all).
     let kms = {
         let provider = SimService::new(
-            root().0.clone(),
+            root().clone(),
             SimGuest {
                 measurement: KMS,
                 host_data: deployment_digest(&amd),

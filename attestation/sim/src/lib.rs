@@ -22,11 +22,13 @@
 
 #![forbid(unsafe_code)]
 
+mod deployment;
 mod error;
 mod keys;
 mod report;
 pub mod service;
 
+pub use deployment::sim_deployment;
 pub use error::SimError;
 pub use keys::{SimRoot, SimTcb, SIM_ORGANIZATION};
 pub use report::{ReportFields, REPORT_SIZE, SIGNED_LEN};

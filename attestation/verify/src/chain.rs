@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::cache::SignatureCache;
 use crate::certs::Certificate;
 use crate::checks::results::{CertRole, CheckId, CheckResult};
 use crate::policy::TrustRoot;
@@ -88,6 +89,7 @@ pub(crate) fn check_chain(
     roots: &AmdRoots,
     at: Timestamp,
     required: Option<TrustRoot>,
+    cache: Option<&SignatureCache>,
 ) -> ChainOutcome {
     let mut checks = Vec::new();
     let issuer_cn = vek.issuer_cn().unwrap_or_default();
@@ -149,7 +151,12 @@ pub(crate) fn check_chain(
             ),
         ),
     });
-    checks.push(signature_check(CertRole::Ark, builtin_ark, builtin_ark));
+    checks.push(signature_check(
+        CertRole::Ark,
+        builtin_ark,
+        builtin_ark,
+        cache,
+    ));
 
     let builtin_intermediate = match kind {
         VekKind::Vcek => &set.ask,
@@ -161,8 +168,9 @@ pub(crate) fn check_chain(
         intermediate_role,
         intermediate,
         builtin_ark,
+        cache,
     ));
-    checks.push(signature_check(kind.role(), vek, intermediate));
+    checks.push(signature_check(kind.role(), vek, intermediate, cache));
 
     for (role, cert) in [
         (CertRole::Ark, builtin_ark),
@@ -208,11 +216,25 @@ fn trust_root_check(simulated: bool, roots: &AmdRoots, required: Option<TrustRoo
     CheckResult::new(CheckId::ChainTrustRoot, passed, expected, got_text)
 }
 
-fn signature_check(role: CertRole, cert: &Certificate, issuer: &Certificate) -> CheckResult {
+fn signature_check(
+    role: CertRole,
+    cert: &Certificate,
+    issuer: &Certificate,
+    cache: Option<&SignatureCache>,
+) -> CheckResult {
     let subject = cert.subject_cn().unwrap_or_default();
     let issuer_cn = issuer.subject_cn().unwrap_or_default();
     let expected = format!("{subject} signed by {issuer_cn} (RSASSA-PSS SHA-384)");
-    let outcome = if !cert.issued_by_name(issuer) {
+    let names_chain = cert.issued_by_name(issuer);
+    if names_chain && cache.is_some_and(|c| c.contains(cert, issuer)) {
+        return CheckResult::new(
+            CheckId::ChainSignature(role),
+            true,
+            expected,
+            "verified (this pair verified before: cached)",
+        );
+    }
+    let outcome = if !names_chain {
         Err(format!(
             "{subject}'s issuer is CN={}, but the certificate above it is CN={issuer_cn}",
             cert.issuer_cn().unwrap_or_default()
@@ -221,7 +243,12 @@ fn signature_check(role: CertRole, cert: &Certificate, issuer: &Certificate) -> 
         cert.verify_signed_by(issuer)
     };
     match outcome {
-        Ok(()) => CheckResult::new(CheckId::ChainSignature(role), true, expected, "verified"),
+        Ok(()) => {
+            if let Some(cache) = cache {
+                cache.insert(cert, issuer);
+            }
+            CheckResult::new(CheckId::ChainSignature(role), true, expected, "verified")
+        }
         Err(why) => CheckResult::new(CheckId::ChainSignature(role), false, expected, why),
     }
 }

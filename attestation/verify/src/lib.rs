@@ -43,6 +43,7 @@
 #![forbid(unsafe_code)]
 
 pub mod advise;
+pub mod cache;
 pub mod certs;
 pub mod chain;
 pub mod checks;
@@ -55,6 +56,7 @@ pub mod tcb;
 pub mod time;
 mod verify;
 
+pub use cache::SignatureCache;
 pub use certs::{Certificate, VekExtensions};
 pub use chain::VekKind;
 pub use checks::results::{
@@ -66,4 +68,4 @@ pub use report::Report;
 pub use roots::AmdRoots;
 pub use tcb::{Generation, Tcb, TcbComponent};
 pub use time::Timestamp;
-pub use verify::{verify, verify_authenticity_only, Evidence};
+pub use verify::{verify, verify_authenticity_only, verify_with_cache, Evidence};

@@ -3,6 +3,7 @@
 //! No I/O: the caller reads the files, picks the roots and the clock. Evidence that cannot be
 //! parsed is an [`EvidenceError`]; everything else is a [`Verdict`] listing every check.
 
+use crate::cache::SignatureCache;
 use crate::certs::Certificate;
 use crate::chain::check_chain;
 use crate::checks::authenticity::check_report;
@@ -54,7 +55,20 @@ impl Evidence {
 /// Verifies that the evidence is genuine **and** acceptable under `policy`, with certificate
 /// dates checked at `at`. Every check runs; see [`Verdict::accepted`].
 pub fn verify(evidence: &Evidence, roots: &AmdRoots, policy: &Policy, at: Timestamp) -> Verdict {
-    let mut verdict = authenticity(evidence, roots, at, Some(policy.trust_root));
+    verify_with_cache(evidence, roots, policy, at, None)
+}
+
+/// [`verify`], skipping certificate signature checks that already passed with this `cache`
+/// (see [`SignatureCache`]: only the signatures of byte-identical certificate pairs are
+/// remembered; every other check runs every time).
+pub fn verify_with_cache(
+    evidence: &Evidence,
+    roots: &AmdRoots,
+    policy: &Policy,
+    at: Timestamp,
+    cache: Option<&SignatureCache>,
+) -> Verdict {
+    let mut verdict = authenticity(evidence, roots, at, Some(policy.trust_root), cache);
     let (checks, mismatch) = check_policy(&evidence.report, policy, verdict.generation);
     verdict.checks.extend(checks);
     verdict.measurement_mismatch = mismatch;
@@ -70,7 +84,7 @@ pub fn verify(evidence: &Evidence, roots: &AmdRoots, policy: &Policy, at: Timest
 /// measurement, debug, TCB floor or VMPL check): never use it to release a secret. Use
 /// [`verify`] with a [`Policy`] for that.
 pub fn verify_authenticity_only(evidence: &Evidence, roots: &AmdRoots, at: Timestamp) -> Verdict {
-    authenticity(evidence, roots, at, None)
+    authenticity(evidence, roots, at, None, None)
 }
 
 fn authenticity(
@@ -78,6 +92,7 @@ fn authenticity(
     roots: &AmdRoots,
     at: Timestamp,
     required: Option<TrustRoot>,
+    cache: Option<&SignatureCache>,
 ) -> Verdict {
     let chain = check_chain(
         &evidence.vek,
@@ -86,6 +101,7 @@ fn authenticity(
         roots,
         at,
         required,
+        cache,
     );
     // The generation comes from the AMD-signed VEK; a v3+ report's CPUID is the fallback when
     // the issuer is unknown (the chain has then failed, and so will the verdict).

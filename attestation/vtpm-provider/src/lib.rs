@@ -36,6 +36,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod evidence;
 mod provider;
 #[cfg(feature = "sim")]
 mod provision;
@@ -44,6 +45,7 @@ pub mod tpm;
 pub use error::ProviderError;
 #[cfg(feature = "sim")]
 pub use error::ProvisionError;
+pub use evidence::AzureVtpmEvidence;
 pub use provider::{
     AzureVtpmProvider, Collected, ReportRefresh, UserDataOutcome, NONCE_SIZE, PCR_ATTEMPTS,
 };

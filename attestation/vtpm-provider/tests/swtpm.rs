@@ -499,3 +499,26 @@ fn an_unprovisioned_tpm_is_a_named_error() {
         .unwrap_err();
     assert!(matches!(err, ProviderError::Connect { .. }), "{err}");
 }
+
+#[test]
+fn the_evidence_provider_trait_gives_the_same_verifiable_evidence() {
+    use coffer_evidence::{Evidence, EvidenceProvider};
+    let Some(tpm) = Swtpm::start() else { return };
+    let _provisioned = provision(&tpm);
+    let pcr11 = extend_pcr11(&tpm);
+    let provider = coffer_vtpm_provider::AzureVtpmEvidence::new(
+        AzureVtpmProvider::new(tpm.tcti(), &(0..24).collect::<Vec<u8>>()).unwrap(),
+        root().vcek_der().to_vec(),
+    );
+    assert_eq!(provider.platform(), coffer_evidence::Platform::Azure);
+    let nonce = fresh_nonce();
+    let Evidence::AzureVtpm { document } = provider.attest(&nonce).unwrap() else {
+        panic!("an Azure provider must give Azure evidence");
+    };
+    let received = parse_trustee_json(&document).unwrap();
+    let hcl = HclReport::parse(&received.hcl_report).unwrap();
+    let vtpm = verify_azure_vtpm(&hcl, &received.quote, &nonce, &pins(pcr11));
+    assert!(vtpm.passed(), "{vtpm}");
+    assert!(verify_snp(&received, "simulation").accepted());
+    assert!(provider.sealing_key(b"ctx").is_err());
+}
