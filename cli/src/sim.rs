@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use coffer_measurements::snp::{CpuSignature, GuestFeatures, SevHashes, SnpLaunch, Vmm};
 use coffer_sim::{ReportFields, SimRoot};
 
 /// `coffer sim report --image DIR --out DIR [...]`.
@@ -48,17 +47,6 @@ pub fn default_sim_dir(state_dir: &Path) -> PathBuf {
 
 /// Writes a simulated report for the image and prints what it measured.
 pub fn run(args: &SimReportArgs, state_dir: &Path) -> anyhow::Result<()> {
-    let read = |name: &str| {
-        let path = args.image.join(name);
-        std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
-    };
-    let (firmware, kernel, initrd) = (
-        read("firmware.fd")?,
-        read("vmlinuz")?,
-        read("initramfs.cpio.gz")?,
-    );
-    let cmdline =
-        String::from_utf8(read("cmdline")?).context("the image's cmdline is not UTF-8")?;
     let features = args
         .guest_features
         .strip_prefix("0x")
@@ -69,14 +57,14 @@ pub fn run(args: &SimReportArgs, state_dir: &Path) -> anyhow::Result<()> {
                 args.guest_features
             )
         })?;
-    let measurement = SnpLaunch::new(
-        &firmware,
-        args.vcpus,
-        Vmm::Qemu(CpuSignature::from_vcpu_type(&args.vcpu_type)?),
-    )
-    .guest_features(GuestFeatures::from_bits(features))
-    .direct_boot_hashes(SevHashes::new(&kernel, Some(&initrd), Some(&cmdline)))
-    .measure()?;
+    let measurement = coffer_sim::measure_image(
+        &args.image,
+        &coffer_sim::SimLaunchConfig {
+            vcpus: args.vcpus,
+            vcpu_type: args.vcpu_type.clone(),
+            guest_features: features,
+        },
+    )?;
 
     let sim_dir = args
         .sim_dir
@@ -85,7 +73,7 @@ pub fn run(args: &SimReportArgs, state_dir: &Path) -> anyhow::Result<()> {
     let root = SimRoot::load_or_generate(&sim_dir)
         .with_context(|| format!("simulated secure processor in {}", sim_dir.display()))?;
     let mut fields = ReportFields {
-        measurement: *measurement.as_bytes(),
+        measurement,
         ..ReportFields::default()
     };
     if let Some(hex) = &args.report_data {
@@ -108,8 +96,11 @@ pub fn run(args: &SimReportArgs, state_dir: &Path) -> anyhow::Result<()> {
         std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
     }
     println!(
-        "simulated report (NOT AMD hardware) for {} vCPUs {} guest features {}: measurement {measurement}",
-        args.vcpus, args.vcpu_type, args.guest_features
+        "simulated report (NOT AMD hardware) for {} vCPUs {} guest features {}: measurement {}",
+        args.vcpus,
+        args.vcpu_type,
+        args.guest_features,
+        hex::encode(measurement)
     );
     println!(
         "written to {}; simulated secure processor keys in {}",

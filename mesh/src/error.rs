@@ -16,6 +16,18 @@ pub enum MeshError {
         /// The pinned measurements, hex, comma-separated.
         pinned: String,
     },
+    /// An Azure peer's vTPM PCR holds a value not pinned for its role.
+    #[error("PCR not pinned: a {role} peer's PCR {pcr} is {got}, pinned is {expected}")]
+    PcrNotPinned {
+        /// The role the peer claimed.
+        role: Role,
+        /// The PCR.
+        pcr: u8,
+        /// The pinned values.
+        expected: String,
+        /// The quoted value.
+        got: String,
+    },
     /// The peer runs another deployment (its HOST_DATA is another manifest's digest).
     #[error("wrong deployment: peer HOST_DATA is {got}, this deployment is {expected}")]
     WrongDeployment {
@@ -128,6 +140,7 @@ impl MeshError {
     pub fn name(&self) -> &'static str {
         match self {
             MeshError::MeasurementNotPinned { .. } => "measurement_not_pinned",
+            MeshError::PcrNotPinned { .. } => "pcr_not_pinned",
             MeshError::WrongDeployment { .. } => "wrong_deployment",
             MeshError::DebugGuest(_) => "debug_guest",
             MeshError::UntrustedRoot { .. } => "untrusted_root",

@@ -8,11 +8,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use coffer_evidence::Evidence;
-use coffer_types::{deployment_digest, Deployment, DeploymentTrustRoot, Platform, Role};
+use coffer_types::{
+    deployment_digest, Deployment, DeploymentTrustRoot, Platform, Role, DEPLOYMENT_PCR,
+};
 use coffer_verify::policy::{TcbFloor, TcbFloorsFile};
 use coffer_verify::{
     AmdRoots, CheckId, Generation, Policy, SignatureCache, Timestamp, TrustRoot, Verdict,
 };
+use coffer_vtpm::{verify_azure_vtpm, CheckId as VtpmCheck, HclReport, PcrPins};
 use tokio::sync::watch;
 
 use crate::MeshError;
@@ -222,10 +225,9 @@ impl Trust {
                 ask,
                 ark,
             } => (report, vek, ask, ark),
-            Evidence::AzureVtpm { .. } => return Err(MeshError::UnsupportedEvidence(
-                "azure-vtpm evidence in the mesh (verified by `coffer verify azure` only, for now)"
-                    .into(),
-            )),
+            Evidence::AzureVtpm { document } => {
+                return self.verify_azure(role, document, report_data, now)
+            }
         };
         if self.deployment.platform == Platform::Azure {
             return Err(MeshError::UnsupportedEvidence(
@@ -256,6 +258,128 @@ impl Trust {
         }
         Err(name_failure(&verdict, role, &self.pins()))
     }
+}
+
+impl Trust {
+    /// Azure vTPM evidence: the vTPM half (HCL binding, AK, quote with REPORT_DATA as its nonce,
+    /// the role's PCR pins, and [`DEPLOYMENT_PCR`] extended once with this deployment's digest)
+    /// with `coffer-vtpm`, and the SNP report inside the HCL report (chain, signature, the role's
+    /// measurement pins, which on Azure name the paravisor's launch, TCB floors, no debug) with
+    /// `coffer-verify`. Both must pass; the SNP half is named first.
+    fn verify_azure(
+        &self,
+        role: Role,
+        document: &[u8],
+        report_data: [u8; 64],
+        now: Timestamp,
+    ) -> Result<PeerIdentity, MeshError> {
+        if self.deployment.platform != Platform::Azure {
+            return Err(MeshError::UnsupportedEvidence(format!(
+                "azure-vtpm evidence in a {} deployment",
+                self.deployment.platform.as_str()
+            )));
+        }
+        let not_genuine = |check: &str, expected: &str, got: String| MeshError::NotGenuine {
+            check: check.into(),
+            expected: expected.into(),
+            got,
+        };
+        let evidence = coffer_vtpm::evidence::parse_trustee_json(document).map_err(|e| {
+            not_genuine(
+                "evidence.parse",
+                "a Trustee az-snp-vtpm document",
+                e.to_string(),
+            )
+        })?;
+        let hcl = HclReport::parse(&evidence.hcl_report)
+            .map_err(|e| not_genuine("hcl.parse", "an HCL report", e.to_string()))?;
+        let snp_report = hcl.snp_report().ok_or_else(|| {
+            MeshError::UnsupportedEvidence("the HCL report holds no SEV-SNP report".into())
+        })?;
+        let parsed = coffer_verify::Evidence::parse(snp_report, &evidence.vcek, None, None)
+            .map_err(|e| {
+                not_genuine(
+                    "evidence.parse",
+                    "an SNP report and its VCEK",
+                    e.to_string(),
+                )
+            })?;
+        let mut policy = self.policy(role, hcl.report_data());
+        // The Azure host sets HOST_DATA; the deployment is bound by DEPLOYMENT_PCR instead.
+        policy.host_data = None;
+        let verdict = coffer_verify::verify_with_cache(
+            &parsed,
+            &self.roots,
+            &policy,
+            now,
+            Some(&self.collateral),
+        );
+        if !verdict.accepted() {
+            return Err(name_failure(&verdict, role, &self.pins()));
+        }
+
+        let pins = self.pcr_pins(role)?;
+        let vtpm = verify_azure_vtpm(&hcl, &evidence.quote, &report_data, &pins);
+        if let Some(failure) = vtpm.failures().next() {
+            let (expected, got) = match &failure.outcome {
+                coffer_vtpm::check::Outcome::Failed { expected, got } => {
+                    (expected.clone(), got.clone())
+                }
+                other => (String::new(), format!("{other:?}")),
+            };
+            return Err(match failure.id {
+                VtpmCheck::QuoteNonce => MeshError::SessionBindingMismatch { expected, got },
+                VtpmCheck::Pcr(DEPLOYMENT_PCR) => MeshError::WrongDeployment { expected, got },
+                VtpmCheck::Pcr(index) => MeshError::PcrNotPinned {
+                    role,
+                    pcr: index,
+                    expected,
+                    got,
+                },
+                id => MeshError::NotGenuine {
+                    check: id.to_string(),
+                    expected,
+                    got,
+                },
+            });
+        }
+        Ok(PeerIdentity {
+            role,
+            measurement: parsed.report.fields().measurement,
+            deployment_id: self.deployment.deployment_id.clone(),
+            trust_root: self.trust_root,
+        })
+    }
+
+    /// The role's PCR pins plus the deployment PCR.
+    fn pcr_pins(&self, role: Role) -> Result<PcrPins, MeshError> {
+        let manifest = |e: &dyn std::fmt::Display| MeshError::Manifest(e.to_string());
+        let mut pins = PcrPins::new()
+            .pin(DEPLOYMENT_PCR, [extended_once(&self.digest)])
+            .map_err(|e| manifest(&e))?;
+        if let Some(role_pins) = self.deployment.roles.get(&role) {
+            for (index, value) in &role_pins.pcrs {
+                let index = u8::try_from(*index).map_err(|e| manifest(&e))?;
+                let value: [u8; 32] = coffer_types::hex_bytes(value)
+                    .and_then(|v| v.try_into().ok())
+                    .ok_or_else(|| {
+                        MeshError::Manifest(format!("PCR {index} pin is not 32 bytes"))
+                    })?;
+                pins = pins.pin(index, [value]).map_err(|e| manifest(&e))?;
+            }
+        }
+        Ok(pins)
+    }
+}
+
+/// A sha256 PCR after one extend with `digest` from reset.
+pub fn extended_once(digest: &[u8; 32]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::new()
+        .chain_update([0u8; 32])
+        .chain_update(digest)
+        .finalize()
+        .into()
 }
 
 /// The one error that names a rejected verdict best.

@@ -3,37 +3,27 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use coffer_mesh::binding::{session_report_data, Side};
 use coffer_mesh::endpoint::{check_endpoint, serve_endpoint};
 use coffer_mesh::handshake::{read_frame, session_keys, write_frame, Hello, VerdictFrame};
-use coffer_mesh::http::{serve, MeshClient, SessionEvent};
+use coffer_mesh::http::{MeshClient, SessionEvent};
 use coffer_mesh::tls::{self, TlsIdentity};
 use coffer_mesh::{MeshError, MeshNode, Simulation, Trust};
-use coffer_sim::{sim_deployment, ReportFields, SimGuest, SimRoot, SimService};
+use coffer_sim::{sim_deployment, ReportFields, SimGuest, SimService};
 use coffer_types::{deployment_digest, Deployment, DeploymentTrustRoot, Platform, Role};
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::{Request, Response};
+use common::{get, next_event, refused_by_server, root, start_server};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 const KMS: [u8; 48] = [0x11; 48];
 const CLIENT: [u8; 48] = [0x22; 48];
 const OTHER_IMAGE: [u8; 48] = [0x33; 48];
-
-/// One simulation root for the whole file (RSA-4096 generation is slow).
-fn root() -> &'static Arc<SimRoot> {
-    static ROOT: OnceLock<Arc<SimRoot>> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        Arc::new(SimRoot::load_or_generate(dir.path()).unwrap())
-    })
-}
 
 /// The test deployment (kms and client pinned), edited by `edit`, as bytes.
 fn manifest(edit: impl FnOnce(&mut Deployment)) -> Vec<u8> {
@@ -75,43 +65,6 @@ fn node(role: Role, measurement: [u8; 48], manifest: &[u8]) -> Arc<MeshNode> {
         manifest,
         manifest,
     )
-}
-
-/// Starts `kms` serving "hello <peer role>" to clients; returns its address and its events.
-async fn start_server(kms: Arc<MeshNode>) -> (String, mpsc::UnboundedReceiver<SessionEvent>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (events, received) = mpsc::unbounded_channel();
-    let handler = |_request: Request<hyper::body::Incoming>,
-                   peer: Arc<coffer_mesh::PeerIdentity>| async move {
-        Response::new(Full::new(Bytes::from(format!("hello {}", peer.role))))
-    };
-    tokio::spawn(serve(
-        kms,
-        listener,
-        vec![Role::Client],
-        handler,
-        Some(events),
-    ));
-    (addr, received)
-}
-
-async fn next_event(events: &mut mpsc::UnboundedReceiver<SessionEvent>) -> SessionEvent {
-    tokio::time::timeout(Duration::from_secs(20), events.recv())
-        .await
-        .expect("an event in time")
-        .expect("the server is running")
-}
-
-async fn refused_by_server(events: &mut mpsc::UnboundedReceiver<SessionEvent>) -> MeshError {
-    match next_event(events).await {
-        SessionEvent::Refused(e) => e,
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
-
-fn get() -> Request<Full<Bytes>> {
-    Request::get("/").body(Full::new(Bytes::new())).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

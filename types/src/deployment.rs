@@ -23,6 +23,11 @@ pub const DEPLOYMENT_VERSION: u32 = 1;
 /// services).
 pub const DEPLOYMENT_RUNTIME_PATH: &str = "/run/coffer/deployment.json";
 
+/// The vTPM PCR (sha256 bank) an Azure guest's init extends with the deployment digest before
+/// any service starts: on Azure the deployment is bound by measurement, not HOST_DATA (which the
+/// Azure host sets). Verifiers expect it to hold `SHA-256(0^32 ‖ digest)`: extended once.
+pub const DEPLOYMENT_PCR: u8 = 15;
+
 /// Serial number of the virtio-blk config disk that carries the manifest into the guest.
 pub const CONFIG_DISK_SERIAL: &str = "coffer-config";
 
@@ -224,8 +229,14 @@ impl Deployment {
             }
             _ => {}
         }
-        if (self.platform == Platform::Sim) != (self.trust_root == DeploymentTrustRoot::Simulation)
-        {
+        // sim needs the simulation root, qemu-snp needs AMD's; azure takes either (simulation:
+        // an swtpm provisioned as a simulated Azure vTPM, for CI).
+        let root_fits = match self.platform {
+            Platform::Sim => self.trust_root == DeploymentTrustRoot::Simulation,
+            Platform::QemuSnp => self.trust_root == DeploymentTrustRoot::Amd,
+            Platform::Azure => true,
+        };
+        if !root_fits {
             return invalid(
                 "trust_root",
                 format!(

@@ -40,6 +40,8 @@ mod evidence;
 mod provider;
 #[cfg(feature = "sim")]
 mod provision;
+#[cfg(feature = "sim")]
+pub mod swtpm;
 pub mod tpm;
 
 pub use error::ProviderError;

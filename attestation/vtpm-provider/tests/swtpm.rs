@@ -9,30 +9,25 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
+use std::net::TcpListener;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use coffer_sim::SimRoot;
 use coffer_verify::{verify, AmdRoots, Evidence, Policy, Timestamp, Verdict};
 use coffer_vtpm::evidence::{parse_trustee_json, to_trustee_json_v2, AzureEvidence};
 use coffer_vtpm::{verify_azure_vtpm, CheckId, HclReport, PcrPins};
+use coffer_vtpm_provider::swtpm::{Swtpm, SwtpmError};
 use coffer_vtpm_provider::{
     provision_swtpm, AzureVtpmProvider, ProviderError, Provisioned, ReportRefresh, SimPlatform,
     UserDataOutcome, AK_PERSISTENT_HANDLE, USER_DATA_NV_INDEX,
 };
-use sha2::{Digest as _, Sha256};
-use tss_esapi::handles::{PcrHandle, PersistentTpmHandle, TpmHandle};
+use tss_esapi::handles::{PersistentTpmHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, RsaSchemeAlgorithm};
 use tss_esapi::interface_types::dynamic_handles::Persistent;
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::interface_types::resource_handles::{Hierarchy, NvAuth, Provision};
-use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{Digest, DigestValues, RsaExponent, RsaScheme};
-use tss_esapi::{Context, TctiNameConf};
+use tss_esapi::structures::{RsaExponent, RsaScheme};
 
 const MEASUREMENT: [u8; 48] = [0x5a; 48];
 const HOST_DATA: [u8; 32] = [0x11; 32];
@@ -42,109 +37,16 @@ const PCR11_EVENT: [u8; 32] = [0xab; 32];
 // ---------------------------------------------------------------------------------------------
 // swtpm
 
-/// A running `swtpm socket --tpm2`, killed (by its own child handle) on drop.
-struct Swtpm {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Swtpm {
-    /// Starts swtpm on free ports, or returns `None` (after saying why) if the binary is absent.
-    fn start() -> Option<Self> {
-        match Command::new("swtpm").arg("--version").output() {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                eprintln!(
-                    "SKIPPED: the swtpm binary is not installed (Debian: apt-get install swtpm)"
-                );
-                return None;
-            }
-            Err(e) => panic!("cannot run swtpm --version: {e}"),
-            Ok(_) => {}
+/// A fresh swtpm, or `None` (after saying so) when the binary is not installed.
+fn start_swtpm() -> Option<Swtpm> {
+    match Swtpm::start() {
+        Ok(tpm) => Some(tpm),
+        Err(SwtpmError::NotInstalled) => {
+            eprintln!("SKIPPED: the swtpm binary is not installed (Debian: apt-get install swtpm)");
+            None
         }
-        // Ports are picked by binding port 0 and released before swtpm binds them: another
-        // process may take one in between, so retry a few times.
-        let mut last = String::new();
-        for _ in 0..20 {
-            let dir = tempfile::tempdir().unwrap();
-            // The swtpm TCTI of libtss2 reaches the control channel at port + 1.
-            let Some(server) = free_port_pair() else {
-                continue;
-            };
-            let ctrl = server + 1;
-            let log = dir.path().join("swtpm.log");
-            let mut child = Command::new("swtpm")
-                .arg("socket")
-                .arg("--tpm2")
-                .arg("--tpmstate")
-                .arg(format!("dir={}", dir.path().display()))
-                .arg("--server")
-                .arg(format!("type=tcp,port={server},bindaddr=127.0.0.1"))
-                .arg("--ctrl")
-                .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
-                .arg("--flags")
-                .arg("not-need-init,startup-clear")
-                .arg("--log")
-                .arg(format!("file={},level=1", log.display()))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    let mut err = String::new();
-                    if let Some(mut e) = child.stderr.take() {
-                        let _ = e.read_to_string(&mut err);
-                    }
-                    last = format!("swtpm exited with {status}: {err}{}", read_log(&log));
-                    break;
-                }
-                if TcpStream::connect(("127.0.0.1", server)).is_ok() {
-                    return Some(Self {
-                        child,
-                        port: server,
-                        _dir: dir,
-                    });
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    last = format!("swtpm did not listen on {server} within 10 s");
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("swtpm did not start: {last}");
+        Err(e) => panic!("{e}"),
     }
-
-    fn tcti(&self) -> String {
-        format!("swtpm:host=127.0.0.1,port={}", self.port)
-    }
-
-    fn context(&self) -> Context {
-        let mut ctx = Context::new(TctiNameConf::from_str(&self.tcti()).unwrap()).unwrap();
-        ctx.set_sessions((Some(AuthSession::Password), None, None));
-        ctx
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A port P with P + 1 free too (at the time of asking).
-fn free_port_pair() -> Option<u16> {
-    let first = TcpListener::bind("127.0.0.1:0").ok()?;
-    let port = first.local_addr().ok()?.port();
-    let next = port.checked_add(1)?;
-    TcpListener::bind(("127.0.0.1", next)).ok()?;
-    Some(port)
 }
 
 fn free_port() -> u16 {
@@ -153,10 +55,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn read_log(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -192,17 +90,7 @@ fn provision(tpm: &Swtpm) -> Provisioned {
 
 /// Extends PCR 11 (sha256 bank) once with [`PCR11_EVENT`]; returns the value it then holds.
 fn extend_pcr11(tpm: &Swtpm) -> [u8; 32] {
-    let mut ctx = tpm.context();
-    let mut digests = DigestValues::new();
-    digests.set(
-        HashingAlgorithm::Sha256,
-        Digest::try_from(PCR11_EVENT.to_vec()).unwrap(),
-    );
-    ctx.pcr_extend(PcrHandle::Pcr11, digests).unwrap();
-    let mut h = Sha256::new();
-    h.update([0u8; 32]);
-    h.update(PCR11_EVENT);
-    h.finalize().into()
+    tpm.extend_pcr(11, PCR11_EVENT).unwrap()
 }
 
 /// PCR pins for a fresh swtpm after `extend_pcr11`: 11 extended once, 4/9/12/13 never extended,
@@ -297,7 +185,7 @@ struct Run {
 }
 
 fn run() -> Option<Run> {
-    let tpm = Swtpm::start()?;
+    let tpm = start_swtpm()?;
     let provisioned = provision(&tpm);
     let pcr11 = extend_pcr11(&tpm);
     let nonce = fresh_nonce();
@@ -366,7 +254,7 @@ fn evidence_from_a_provisioned_swtpm_verifies_end_to_end() {
     assert_eq!(failed_snp(&snp), Vec::<String>::new());
 
     // The nonce landed in NV 0x01400002 (on Azure the paravisor would now refresh the report).
-    let mut ctx = run.tpm.context();
+    let mut ctx = run.tpm.context().unwrap();
     let user_data = tss_esapi::abstraction::nv::read_full(
         &mut ctx,
         NvAuth::Owner,
@@ -421,7 +309,7 @@ fn nothing_transient_is_left_in_the_tpm_after_provisioning_and_collection() {
     assert!(left.sessions.is_empty(), "sessions left: {left:x?}");
 
     // Also straight from tss-esapi (getcap handles-transient), not through the crate.
-    let mut ctx = run.tpm.context();
+    let mut ctx = run.tpm.context().unwrap();
     let (data, _) = ctx
         .execute_without_session(|c| {
             c.get_capability(
@@ -439,11 +327,11 @@ fn nothing_transient_is_left_in_the_tpm_after_provisioning_and_collection() {
 
 #[test]
 fn an_ak_that_is_not_the_hcl_reports_is_refused_and_nothing_is_left_behind() {
-    let Some(tpm) = Swtpm::start() else { return };
+    let Some(tpm) = start_swtpm() else { return };
     provision(&tpm);
     // Replace the AK at 0x81000003 by another signing key: the HCL report no longer names it.
     {
-        let mut ctx = tpm.context();
+        let mut ctx = tpm.context().unwrap();
         let persistent =
             Persistent::Persistent(PersistentTpmHandle::new(AK_PERSISTENT_HANDLE).unwrap());
         let old = ctx
@@ -483,7 +371,7 @@ fn an_ak_that_is_not_the_hcl_reports_is_refused_and_nothing_is_left_behind() {
 
 #[test]
 fn an_unprovisioned_tpm_is_a_named_error() {
-    let Some(tpm) = Swtpm::start() else { return };
+    let Some(tpm) = start_swtpm() else { return };
     let provider = AzureVtpmProvider::new(tpm.tcti(), &[0]).unwrap();
     let err = provider.collect(&fresh_nonce(), b"").unwrap_err();
     assert!(matches!(err, ProviderError::NoHclReport), "{err}");
@@ -503,7 +391,7 @@ fn an_unprovisioned_tpm_is_a_named_error() {
 #[test]
 fn the_evidence_provider_trait_gives_the_same_verifiable_evidence() {
     use coffer_evidence::{Evidence, EvidenceProvider};
-    let Some(tpm) = Swtpm::start() else { return };
+    let Some(tpm) = start_swtpm() else { return };
     let _provisioned = provision(&tpm);
     let pcr11 = extend_pcr11(&tpm);
     let provider = coffer_vtpm_provider::AzureVtpmEvidence::new(
