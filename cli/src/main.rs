@@ -335,11 +335,15 @@ fn dispatch(command: Command, state_dir: PathBuf) -> anyhow::Result<()> {
             for vm in coffer_qemu::state::list(&state_dir) {
                 let state = if vm.is_running() { "running" } else { "exited" };
                 println!(
-                    "{:<12} {:<8} {:<8} {}",
+                    "{:<12} {:<8} {:<8} {} {}",
                     vm.name,
                     vm.role,
                     state,
-                    vm.health_url()
+                    vm.health_url(),
+                    vm.deployment_id
+                        .as_deref()
+                        .map(|id| format!("deployment={id}"))
+                        .unwrap_or_default()
                 );
             }
             Ok(())

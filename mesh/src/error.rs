@@ -106,7 +106,7 @@ pub enum MeshError {
         /// The revoked measurement, hex.
         measurement: String,
     },
-    /// The session outlived the deployment's session_max_age_secs.
+    /// The session outlived its bound (the deployment's session_max_age_secs, or this node's).
     #[error("session expired after {0} s: reconnect to re-attest")]
     Expired(u64),
     /// The peer refused us, and said why.

@@ -18,7 +18,7 @@ pub struct Session {
 
 impl Session {
     pub(crate) fn new(peer: PeerIdentity, trust: Arc<Trust>) -> Self {
-        let max_age = Duration::from_secs(trust.deployment().session_max_age_secs);
+        let max_age = trust.max_session_age();
         Self {
             peer: Arc::new(peer),
             trust,

@@ -67,6 +67,8 @@ pub struct Trust {
     pins: watch::Sender<Arc<Pins>>,
     /// Certificate signatures already verified (the peers' chains repeat on every session).
     collateral: SignatureCache,
+    /// How long a session may live: the deployment's bound, or shorter by this node's choice.
+    max_session_age: std::time::Duration,
 }
 
 impl std::fmt::Debug for Trust {
@@ -107,13 +109,25 @@ impl Trust {
             .map(|role| (role, deployment.measurements(role)))
             .collect();
         Ok(Self {
-            deployment,
             digest,
             roots,
             trust_root,
             pins: watch::Sender::new(Arc::new(pins)),
             collateral: SignatureCache::default(),
+            max_session_age: std::time::Duration::from_secs(deployment.session_max_age_secs),
+            deployment,
         })
+    }
+
+    /// Ends this node's sessions sooner than the deployment requires (never later).
+    pub fn with_max_session_age(mut self, age: std::time::Duration) -> Self {
+        self.max_session_age = self.max_session_age.min(age);
+        self
+    }
+
+    /// How long this node's sessions may live.
+    pub fn max_session_age(&self) -> std::time::Duration {
+        self.max_session_age
     }
 
     /// The deployment.

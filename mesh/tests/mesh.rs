@@ -341,10 +341,26 @@ async fn a_pin_revoked_on_the_client_fails_the_next_request_by_name() {
     );
 }
 
+/// A node whose sessions live at most one second.
+fn short_lived(role: Role, measurement: [u8; 48], manifest: &[u8]) -> Arc<MeshNode> {
+    let provider = SimService::new(
+        root().clone(),
+        SimGuest {
+            measurement,
+            host_data: deployment_digest(manifest),
+            policy: ReportFields::DEFAULT_POLICY,
+        },
+    );
+    let trust = Trust::from_manifest(manifest, Simulation::DangerousAccept)
+        .unwrap()
+        .with_max_session_age(Duration::from_secs(1));
+    Arc::new(MeshNode::new(role, Arc::new(provider), Arc::new(trust)).unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessions_expire_after_the_deployments_bound() {
-    let manifest = manifest(|d| d.session_max_age_secs = 1);
-    let (addr, mut events) = start_server(node(Role::Kms, KMS, &manifest)).await;
+async fn the_server_ends_a_session_at_its_age_bound() {
+    let manifest = manifest(|_| {});
+    let (addr, mut events) = start_server(short_lived(Role::Kms, KMS, &manifest)).await;
     let client = node(Role::Client, CLIENT, &manifest);
     let mut connection = MeshClient::connect(&client, &addr, Role::Kms)
         .await
@@ -358,12 +374,35 @@ async fn sessions_expire_after_the_deployments_bound() {
         SessionEvent::Ended { reason, .. } => assert_eq!(reason, MeshError::Expired(1)),
         other => panic!("expected expiry, got {other:?}"),
     }
-    // The client's clock for the session started a little after the server's.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The server dropped the connection: the client's next request fails.
+    assert!(connection.send(get()).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_refuses_to_use_a_session_past_its_age_bound() {
+    let manifest = manifest(|_| {});
+    let (addr, _events) = start_server(node(Role::Kms, KMS, &manifest)).await;
+    let client = short_lived(Role::Client, CLIENT, &manifest);
+    let mut connection = MeshClient::connect(&client, &addr, Role::Kms)
+        .await
+        .unwrap();
+    connection.send(get()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
         connection.send(get()).await.unwrap_err(),
         MeshError::Expired(1)
     );
+}
+
+#[test]
+fn a_node_may_shorten_the_session_bound_but_never_lengthen_it() {
+    let manifest = manifest(|d| d.session_max_age_secs = 60);
+    let trust = || Trust::from_manifest(&manifest, Simulation::DangerousAccept).unwrap();
+    assert_eq!(trust().max_session_age(), Duration::from_secs(60));
+    let shorter = trust().with_max_session_age(Duration::from_secs(5));
+    assert_eq!(shorter.max_session_age(), Duration::from_secs(5));
+    let longer = trust().with_max_session_age(Duration::from_secs(600));
+    assert_eq!(longer.max_session_age(), Duration::from_secs(60));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

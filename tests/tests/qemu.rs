@@ -82,7 +82,7 @@ fn spec_with(dir: &Path, service: &str, restart: &str) -> std::path::PathBuf {
         .to_owned();
     let text = base
         .replace(&restart_line, restart)
-        .replace("[[port]]", &format!("{service}\n[[port]]"));
+        .replacen("[[port]]", &format!("{service}\n[[port]]"), 1);
     let path = dir.join("spec.toml");
     std::fs::write(&path, text).unwrap();
     path
