@@ -229,8 +229,17 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                     | LaunchError::UnknownPort(_)
                     | LaunchError::NameTaken(_)
                     | LaunchError::NoSuchVm(_)
+                    | LaunchError::Deployment(_)
+            )
+        ) || matches!(
+            cause.downcast_ref::<coffer_mesh::MeshError>(),
+            Some(
+                coffer_mesh::MeshError::SimulationNotAllowed | coffer_mesh::MeshError::Manifest(_)
             )
         ) || cause.downcast_ref::<coffer_types::UnknownRole>().is_some()
+            || cause
+                .downcast_ref::<coffer_types::DeploymentError>()
+                .is_some()
     });
     if bad_input {
         2
@@ -364,14 +373,19 @@ fn run_vm(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         ports: args.ports,
         state_dir: state_dir.clone(),
         deployment: match &args.deployment {
-            Some(path) => Some(coffer_qemu::DeploymentLaunch {
-                manifest: std::fs::read(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?,
-                sim: Some(coffer_qemu::SimProcess {
-                    program: std::env::current_exe().context("the coffer binary")?,
-                    sim_dir: sim::default_sim_dir(&state_dir),
-                }),
-            }),
+            Some(path) => {
+                let manifest = std::fs::read(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let sim_dir = sim::default_sim_dir(&state_dir);
+                sim::check_simulation_root(&manifest, &sim_dir)?;
+                Some(coffer_qemu::DeploymentLaunch {
+                    manifest,
+                    sim: Some(coffer_qemu::SimProcess {
+                        program: std::env::current_exe().context("the coffer binary")?,
+                        sim_dir,
+                    }),
+                })
+            }
             None => None,
         },
     };

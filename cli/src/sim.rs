@@ -191,3 +191,25 @@ pub fn serve(args: &SimServeArgs, state_dir: &Path) -> anyhow::Result<()> {
     eprintln!("coffer sim: the VM closed the port; exiting");
     Ok(())
 }
+
+/// For a sim-platform manifest: its simulation root must be this machine's (the one in
+/// `sim_dir`), or every peer would refuse the VM's evidence. Other platforms pass.
+pub fn check_simulation_root(manifest: &[u8], sim_dir: &Path) -> anyhow::Result<()> {
+    let deployment = coffer_types::Deployment::from_json(manifest)?;
+    let Some(theirs) = &deployment.simulation_root else {
+        return Ok(());
+    };
+    let root = SimRoot::load_or_generate(sim_dir)
+        .with_context(|| format!("simulated secure processor in {}", sim_dir.display()))?;
+    let ours = root.simulation_root()?;
+    if ours.ark_pem != theirs.ark_pem || ours.ask_pem != theirs.ask_pem {
+        return Err(coffer_qemu::LaunchError::Deployment(format!(
+            "the deployment's simulation root is not the one in {} (this machine's simulated \
+             secure processor): write the manifest with `coffer deployment init` here, with the \
+             same --state-dir",
+            sim_dir.display()
+        ))
+        .into());
+    }
+    Ok(())
+}

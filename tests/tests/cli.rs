@@ -206,3 +206,76 @@ fn help_lists_the_commands() {
         assert!(outcome.stdout.contains(command), "{}", outcome.stdout);
     }
 }
+
+#[test]
+fn a_deployment_of_another_simulation_root_is_refused_before_boot() {
+    let (ours, theirs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let manifest = theirs.path().join("deployment.json");
+    let pins = checkout().join("measurements/pins");
+    let outcome = run(&[
+        "--state-dir",
+        theirs.path().to_str().unwrap(),
+        "deployment",
+        "init",
+        "--out",
+        manifest.to_str().unwrap(),
+        "--pins",
+        pins.to_str().unwrap(),
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    // Another state directory has another simulated secure processor.
+    let outcome = run(&[
+        "--state-dir",
+        ours.path().to_str().unwrap(),
+        "run",
+        "/nonexistent-image",
+        "--deployment",
+        manifest.to_str().unwrap(),
+    ]);
+    assert_one_line_error(
+        &outcome,
+        "the deployment's simulation root is not the one in",
+    );
+}
+
+#[test]
+fn a_broken_deployment_manifest_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("deployment.json");
+    std::fs::write(&manifest, r#"{"format_version": 1}"#).unwrap();
+    let outcome = run(&[
+        "--state-dir",
+        dir.path().to_str().unwrap(),
+        "run",
+        "/nonexistent-image",
+        "--deployment",
+        manifest.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&outcome, "deployment manifest: missing field");
+}
+
+#[test]
+fn verify_endpoint_refuses_a_simulation_deployment_without_the_opt_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("deployment.json");
+    let pins = checkout().join("measurements/pins");
+    let outcome = run(&[
+        "--state-dir",
+        dir.path().to_str().unwrap(),
+        "deployment",
+        "init",
+        "--out",
+        manifest.to_str().unwrap(),
+        "--pins",
+        pins.to_str().unwrap(),
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let outcome = run(&[
+        "verify",
+        "endpoint",
+        "https://127.0.0.1:9",
+        "--deployment",
+        manifest.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&outcome, "not configured for simulation");
+}

@@ -80,9 +80,11 @@ fn spec_with(dir: &Path, service: &str, restart: &str) -> std::path::PathBuf {
         .find(|l| l.starts_with("restart = "))
         .unwrap()
         .to_owned();
-    let text = base
-        .replace(&restart_line, restart)
-        .replacen("[[port]]", &format!("{service}\n[[port]]"), 1);
+    let text = base.replace(&restart_line, restart).replacen(
+        "[[port]]",
+        &format!("{service}\n[[port]]"),
+        1,
+    );
     let path = dir.join("spec.toml");
     std::fs::write(&path, text).unwrap();
     path
