@@ -33,11 +33,14 @@ demo: coffer
 test: deps
 	@echo "make: unit tests (every crate)"
 	cargo test --locked --workspace --exclude coffer-tests
+	@echo "make: the KMS rollback anchor on a TPM NV counter (feature tpm, against swtpm)"
+	cargo test --locked -p coffer-kms --all-features --test rollback tpm::
 	@echo "make: CLI and QEMU tier (tests/)"
 	cargo test --locked -p coffer-tests -- --test-threads 2
 
 test-unit: deps
 	cargo test --locked --workspace --exclude coffer-tests
+	cargo test --locked -p coffer-kms --all-features --test rollback tpm::
 
 test-qemu: deps
 	cargo test --locked -p coffer-tests --test qemu -- --test-threads 2

@@ -1,0 +1,72 @@
+//! Test helper for `tests/crash.rs`: opens the KMS store at `STORE` sealed by the simulated
+//! secure processor whose chain is in `SIM_DIR`, then creates keys forever, printing each one
+//! only after the KMS call that made it returned (its commit is durable):
+//!
+//! ```text
+//! KEY <wrapped data key as JSON> <SHA-256 of the key bytes, hex>
+//! ROTATED <org> <version>
+//! ```
+//!
+//! The test kills it with SIGKILL at random points and checks that everything printed survived.
+//! Usage: `kms-crash-writer STORE SIM_DIR MEASUREMENT_HEX`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use coffer_kms::rollback::Unanchored;
+use coffer_kms::{Kms, OrgId};
+use coffer_sim::{SimGuest, SimRoot, SimService};
+use sha2::{Digest, Sha256};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [store, sim_dir, measurement] = args.as_slice() else {
+        bail!("usage: kms-crash-writer STORE SIM_DIR MEASUREMENT_HEX");
+    };
+    let measurement: [u8; 48] = hex::decode(measurement)
+        .ok()
+        .and_then(|m| m.try_into().ok())
+        .context("MEASUREMENT_HEX must be 96 hex digits")?;
+    let root = SimRoot::load(&PathBuf::from(sim_dir)).context("loading the sim chain")?;
+    let platform = SimService::new(
+        Arc::new(root),
+        SimGuest {
+            measurement,
+            host_data: [0; 32],
+            policy: 0x30000,
+        },
+    );
+    // Crash safety, not rollback, is under test here: no anchor.
+    let mut kms = Kms::open(
+        &PathBuf::from(store),
+        &platform,
+        Box::new(Unanchored::accepting_rollback()),
+    )
+    .context("opening the store")?;
+    let orgs: Vec<OrgId> = ["org-a", "org-b", "org-c"]
+        .into_iter()
+        .map(OrgId::new)
+        .collect::<Result<_, _>>()?;
+    for org in &orgs {
+        if kms.org_key(org).is_none() {
+            kms.create_org_key(org)?;
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    for i in 0u64.. {
+        let org = &orgs[(i % 3) as usize];
+        if i % 10 == 9 {
+            let version = kms.rotate_org_key(org)?;
+            writeln!(out, "ROTATED {org} {version}")?;
+        } else {
+            let (key, wrapped) = kms.generate_data_key(org)?;
+            let digest = hex::encode(Sha256::digest(key.expose_secret()));
+            drop(key);
+            writeln!(out, "KEY {} {digest}", serde_json::to_string(&wrapped)?)?;
+        }
+        out.flush()?;
+    }
+    Ok(())
+}

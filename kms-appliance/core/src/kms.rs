@@ -1,0 +1,516 @@
+//! The KMS state machine: the key hierarchy's operations, each one durable commit of the sealed
+//! store before it returns.
+//!
+//! In memory it keeps the root key (in the clear, wiped on drop), the org records and the
+//! wrapped KEKs: unwrapping reads nothing from disk, so a host that rewrites the file under a
+//! running KMS cannot change what it unwraps (and the next open catches the rewrite). KEKs are
+//! unwrapped per call and dropped (wiped) after it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use coffer_evidence::EvidenceProvider;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{DataKey, Kek, KeyError, KeyId, OrgId, RootKey, WrappedDataKey, WrappedKek};
+use crate::rollback::VersionAnchor;
+use crate::store::{Batch, SealingKey, Store, StoreError, Table, Verified};
+
+const ROOT_KEY: &str = "root";
+
+/// Why a KMS operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KmsError {
+    /// The store refused (tampered, rolled back, another key, I/O).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A key operation failed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// No such org.
+    #[error("org {org} has no key")]
+    UnknownOrg {
+        /// The org.
+        org: OrgId,
+    },
+    /// The org already has a key.
+    #[error("org {org} already has a key (rotate it instead)")]
+    OrgExists {
+        /// The org.
+        org: OrgId,
+    },
+    /// The org's key was destroyed: nothing of it can be unwrapped, and the name is not reused.
+    #[error(
+        "org {org}'s key was destroyed at state version {at}: nothing of this org can be unwrapped"
+    )]
+    OrgDestroyed {
+        /// The org.
+        org: OrgId,
+        /// The state version of the destruction.
+        at: u64,
+    },
+    /// No such KEK version.
+    #[error("org {org} has no KEK version {version}")]
+    UnknownKekVersion {
+        /// The org.
+        org: OrgId,
+        /// The version asked for.
+        version: u32,
+    },
+    /// The KEK version was retired: its keys no longer unwrap.
+    #[error(
+        "KEK version {version} of org {org} was retired: keys wrapped under it no longer unwrap"
+    )]
+    KekVersionRetired {
+        /// The org.
+        org: OrgId,
+        /// The version.
+        version: u32,
+    },
+    /// The current KEK version cannot be retired.
+    #[error("KEK version {version} is org {org}'s current version: rotate before retiring it")]
+    RetireCurrent {
+        /// The org.
+        org: OrgId,
+        /// The version.
+        version: u32,
+    },
+    /// A record opened (it is authentic) but does not hold what its place says.
+    #[error("record {record}: {reason}")]
+    Record {
+        /// `table/key`.
+        record: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The status of one KEK version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KekState {
+    /// Wraps new data keys (one per org).
+    Current,
+    /// Superseded by a rotation: still unwraps the keys it wrapped.
+    Previous,
+    /// Erased: the keys it wrapped no longer unwrap.
+    Retired,
+}
+
+/// One KEK version's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KekVersionInfo {
+    /// The version (1, 2, ...).
+    pub version: u32,
+    /// Its status.
+    pub state: KekState,
+    /// The state version of the commit that created it.
+    pub created_at: u64,
+    /// The state version of the commit that retired it (or destroyed its org).
+    pub retired_at: Option<u64>,
+}
+
+/// An org's key metadata (also its record in the store).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrgKeyInfo {
+    /// The org.
+    pub org: OrgId,
+    /// The current KEK version (none once destroyed).
+    pub current: Option<u32>,
+    /// Every version ever made, oldest first.
+    pub versions: Vec<KekVersionInfo>,
+    /// The state version of the commit that destroyed the org's key.
+    pub destroyed_at: Option<u64>,
+}
+
+/// A data key's metadata, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataKeyInfo {
+    /// The wrapped key (its org, id and KEK version).
+    pub wrapped: WrappedDataKey,
+    /// The state version of the commit that created it.
+    pub created_at: u64,
+}
+
+fn kek_record_key(org: &OrgId, version: u32) -> String {
+    // Zero-padded so the store's key order is version order.
+    format!("{org}/{version:010}")
+}
+
+fn dek_record_key(org: &OrgId, key_id: &KeyId) -> String {
+    format!("{org}/{key_id}")
+}
+
+fn to_json<T: Serialize>(record: &str, value: &T) -> Result<Vec<u8>, KmsError> {
+    serde_json::to_vec(value).map_err(|e| KmsError::Record {
+        record: record.to_owned(),
+        reason: format!("cannot encode: {e}"),
+    })
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(record: &str, bytes: &[u8]) -> Result<T, KmsError> {
+    serde_json::from_slice(bytes).map_err(|e| KmsError::Record {
+        record: record.to_owned(),
+        reason: format!("not a valid record: {e}"),
+    })
+}
+
+/// The key management service's core: open one per store.
+pub struct Kms {
+    store: Store,
+    root: RootKey,
+    orgs: BTreeMap<OrgId, OrgKeyInfo>,
+    keks: BTreeMap<(OrgId, u32), WrappedKek>,
+}
+
+impl std::fmt::Debug for Kms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kms")
+            .field("store", &self.store)
+            .field("orgs", &self.orgs.len())
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+impl Kms {
+    /// Opens (or, the first time, initialises) the KMS state at `path`, sealed under this
+    /// guest's platform sealing key and checked against `anchor`. Refuses a store that is
+    /// tampered, rolled back or sealed by another image.
+    pub fn open(
+        path: &Path,
+        platform: &dyn EvidenceProvider,
+        anchor: Box<dyn VersionAnchor>,
+    ) -> Result<Self, KmsError> {
+        Self::open_with_key(path, SealingKey::from_platform(platform)?, anchor)
+    }
+
+    /// As [`Kms::open`], with the sealing key already derived.
+    pub fn open_with_key(
+        path: &Path,
+        sealing: SealingKey,
+        anchor: Box<dyn VersionAnchor>,
+    ) -> Result<Self, KmsError> {
+        let mut store = Store::open(path, sealing, anchor)?;
+        let root = match store.get(Table::Meta, ROOT_KEY)? {
+            Some(bytes) => RootKey::from_bytes(&bytes)?,
+            None => {
+                // The store verified: its records are exactly what was committed. No root key
+                // means initialisation never committed, so nothing was ever wrapped: start here.
+                if store.len(Table::Orgs)? > 0 || store.len(Table::Keks)? > 0 {
+                    return Err(KmsError::Record {
+                        record: "meta/root".into(),
+                        reason: "missing, yet the store holds org keys".into(),
+                    });
+                }
+                let root = RootKey::generate()?;
+                let mut batch = Batch::new();
+                batch.put(Table::Meta, ROOT_KEY, root.bytes());
+                store.commit(batch)?;
+                root
+            }
+        };
+        let mut orgs = BTreeMap::new();
+        for (key, bytes) in store.scan(Table::Orgs, "")? {
+            let record = format!("orgs/{key}");
+            let info: OrgKeyInfo = from_json(&record, &bytes)?;
+            if info.org.as_str() != key {
+                return Err(KmsError::Record {
+                    record,
+                    reason: format!("holds org {}", info.org),
+                });
+            }
+            orgs.insert(info.org.clone(), info);
+        }
+        let mut keks = BTreeMap::new();
+        for (key, bytes) in store.scan(Table::Keks, "")? {
+            let record = format!("keks/{key}");
+            let wrapped: WrappedKek = from_json(&record, &bytes)?;
+            if kek_record_key(&wrapped.org, wrapped.version) != key {
+                return Err(KmsError::Record {
+                    record,
+                    reason: format!("holds org {} version {}", wrapped.org, wrapped.version),
+                });
+            }
+            keks.insert((wrapped.org.clone(), wrapped.version), wrapped);
+        }
+        Ok(Self {
+            store,
+            root,
+            orgs,
+            keks,
+        })
+    }
+
+    /// The store's state version.
+    pub fn state_version(&self) -> u64 {
+        self.store.version()
+    }
+
+    /// Re-checks the store: every record opens and the set is the one committed.
+    pub fn verify(&self) -> Result<Verified, KmsError> {
+        Ok(self.store.verify()?)
+    }
+
+    /// The org's key metadata.
+    pub fn org_key(&self, org: &OrgId) -> Option<&OrgKeyInfo> {
+        self.orgs.get(org)
+    }
+
+    /// Every org's key metadata, destroyed ones included.
+    pub fn org_keys(&self) -> impl Iterator<Item = &OrgKeyInfo> {
+        self.orgs.values()
+    }
+
+    /// The data keys made for `org` (none once it is destroyed).
+    pub fn data_keys(&self, org: &OrgId) -> Result<Vec<DataKeyInfo>, KmsError> {
+        self.store
+            .scan(Table::Deks, &format!("{org}/"))?
+            .into_iter()
+            .map(|(key, bytes)| from_json(&format!("deks/{key}"), &bytes))
+            .collect()
+    }
+
+    fn live_org(&self, org: &OrgId) -> Result<&OrgKeyInfo, KmsError> {
+        let info = self
+            .orgs
+            .get(org)
+            .ok_or_else(|| KmsError::UnknownOrg { org: org.clone() })?;
+        if let Some(at) = info.destroyed_at {
+            return Err(KmsError::OrgDestroyed {
+                org: org.clone(),
+                at,
+            });
+        }
+        Ok(info)
+    }
+
+    fn kek(&self, org: &OrgId, version: u32) -> Result<Kek, KmsError> {
+        let info = self.live_org(org)?;
+        let status = info
+            .versions
+            .iter()
+            .find(|v| v.version == version)
+            .ok_or_else(|| KmsError::UnknownKekVersion {
+                org: org.clone(),
+                version,
+            })?;
+        if status.state == KekState::Retired {
+            return Err(KmsError::KekVersionRetired {
+                org: org.clone(),
+                version,
+            });
+        }
+        let wrapped = self
+            .keks
+            .get(&(org.clone(), version))
+            .ok_or_else(|| KmsError::Record {
+                record: format!("keks/{}", kek_record_key(org, version)),
+                reason: "missing for a live version".into(),
+            })?;
+        Ok(self.root.unwrap_kek(wrapped)?)
+    }
+
+    /// Adds a new KEK version wrapped under the root key to `batch` and `info`.
+    fn new_version(
+        &self,
+        info: &mut OrgKeyInfo,
+        version: u32,
+        batch: &mut Batch,
+    ) -> Result<WrappedKek, KmsError> {
+        let kek = Kek::generate(info.org.clone(), version)?;
+        let wrapped = self.root.wrap_kek(&kek)?;
+        let key = kek_record_key(&info.org, version);
+        batch.put(
+            Table::Keks,
+            key.clone(),
+            &to_json(&format!("keks/{key}"), &wrapped)?,
+        );
+        info.versions.push(KekVersionInfo {
+            version,
+            state: KekState::Current,
+            created_at: self.store.version() + 1,
+            retired_at: None,
+        });
+        info.current = Some(version);
+        Ok(wrapped)
+    }
+
+    /// Commits `batch` with the org record `info`, then takes both into memory.
+    fn commit_org(
+        &mut self,
+        info: OrgKeyInfo,
+        mut batch: Batch,
+        added: Option<WrappedKek>,
+    ) -> Result<(), KmsError> {
+        let record = format!("orgs/{}", info.org);
+        batch.put(Table::Orgs, info.org.as_str(), &to_json(&record, &info)?);
+        self.store.commit(batch)?;
+        if let Some(wrapped) = added {
+            self.keks
+                .insert((wrapped.org.clone(), wrapped.version), wrapped);
+        }
+        self.orgs.insert(info.org.clone(), info);
+        Ok(())
+    }
+
+    /// Creates `org`'s KEK (version 1). Durable when it returns.
+    pub fn create_org_key(&mut self, org: &OrgId) -> Result<u32, KmsError> {
+        if let Some(info) = self.orgs.get(org) {
+            return Err(match info.destroyed_at {
+                Some(at) => KmsError::OrgDestroyed {
+                    org: org.clone(),
+                    at,
+                },
+                None => KmsError::OrgExists { org: org.clone() },
+            });
+        }
+        let mut info = OrgKeyInfo {
+            org: org.clone(),
+            current: None,
+            versions: Vec::new(),
+            destroyed_at: None,
+        };
+        let mut batch = Batch::new();
+        let wrapped = self.new_version(&mut info, 1, &mut batch)?;
+        self.commit_org(info, batch, Some(wrapped))?;
+        Ok(1)
+    }
+
+    /// Rotates `org`'s KEK: a new version wraps new data keys; the old one still unwraps until
+    /// retired. Returns the new version. (Re-wrapping existing data keys is the next step.)
+    pub fn rotate_org_key(&mut self, org: &OrgId) -> Result<u32, KmsError> {
+        let mut info = self.live_org(org)?.clone();
+        let next = info
+            .versions
+            .iter()
+            .map(|v| v.version)
+            .max()
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or_else(|| KmsError::Record {
+                record: format!("orgs/{org}"),
+                reason: "KEK version would overflow".into(),
+            })?;
+        for v in &mut info.versions {
+            if v.state == KekState::Current {
+                v.state = KekState::Previous;
+            }
+        }
+        let mut batch = Batch::new();
+        let wrapped = self.new_version(&mut info, next, &mut batch)?;
+        self.commit_org(info, batch, Some(wrapped))?;
+        Ok(next)
+    }
+
+    /// Retires a previous KEK version: its wrapped KEK is erased from the state, and the data
+    /// keys it wrapped no longer unwrap.
+    pub fn retire_org_key_version(&mut self, org: &OrgId, version: u32) -> Result<(), KmsError> {
+        let mut info = self.live_org(org)?.clone();
+        let at = self.store.version() + 1;
+        let status = info
+            .versions
+            .iter_mut()
+            .find(|v| v.version == version)
+            .ok_or_else(|| KmsError::UnknownKekVersion {
+                org: org.clone(),
+                version,
+            })?;
+        match status.state {
+            KekState::Current => {
+                return Err(KmsError::RetireCurrent {
+                    org: org.clone(),
+                    version,
+                })
+            }
+            KekState::Retired => {
+                return Err(KmsError::KekVersionRetired {
+                    org: org.clone(),
+                    version,
+                })
+            }
+            KekState::Previous => {}
+        }
+        status.state = KekState::Retired;
+        status.retired_at = Some(at);
+        let mut batch = Batch::new();
+        batch.remove(Table::Keks, kek_record_key(org, version));
+        self.commit_org(info, batch, None)?;
+        self.keks.remove(&(org.clone(), version));
+        Ok(())
+    }
+
+    /// Destroys `org`'s key (crypto-shredding): every version of its KEK and every data-key
+    /// record of the org are erased from the state in one commit, leaving a tombstone so the
+    /// name is never reused. Afterwards nothing wrapped for this org unwraps.
+    ///
+    /// What this does not reach: bytes redb freed but has not yet overwritten in the file, and
+    /// copies of the disk made before. Both are sealed, and only this KMS image can open them;
+    /// it never reads freed pages and refuses any state older than the anchor. So shredding is
+    /// exactly as strong as the rollback defence ([`crate::rollback`]).
+    pub fn destroy_org_key(&mut self, org: &OrgId) -> Result<(), KmsError> {
+        let mut info = self.live_org(org)?.clone();
+        let at = self.store.version() + 1;
+        let mut batch = Batch::new();
+        // From the store, not from memory: whatever is there for this org goes.
+        for (key, _) in self.store.scan(Table::Keks, &format!("{org}/"))? {
+            batch.remove(Table::Keks, key);
+        }
+        for (key, _) in self.store.scan(Table::Deks, &format!("{org}/"))? {
+            batch.remove(Table::Deks, key);
+        }
+        for v in &mut info.versions {
+            if v.state != KekState::Retired {
+                v.state = KekState::Retired;
+                v.retired_at = Some(at);
+            }
+        }
+        info.current = None;
+        info.destroyed_at = Some(at);
+        self.commit_org(info, batch, None)?;
+        self.keks.retain(|(o, _), _| o != org);
+        Ok(())
+    }
+
+    /// Generates a data key for `org` under its current KEK. Returns the key in the clear (for
+    /// the caller to use and drop) and wrapped (for the caller to keep). Durable when it
+    /// returns: the key will unwrap after any crash.
+    pub fn generate_data_key(
+        &mut self,
+        org: &OrgId,
+    ) -> Result<(DataKey, WrappedDataKey), KmsError> {
+        let version = self
+            .live_org(org)?
+            .current
+            .ok_or_else(|| KmsError::UnknownOrg { org: org.clone() })?;
+        let kek = self.kek(org, version)?;
+        let dek = DataKey::generate()?;
+        let wrapped = kek.wrap_data_key(&dek)?;
+        let key = dek_record_key(org, dek.id());
+        let info = DataKeyInfo {
+            wrapped: wrapped.clone(),
+            created_at: self.store.version() + 1,
+        };
+        let mut batch = Batch::new();
+        batch.put(
+            Table::Deks,
+            key.clone(),
+            &to_json(&format!("deks/{key}"), &info)?,
+        );
+        self.store.commit(batch)?;
+        Ok((dek, wrapped))
+    }
+
+    /// Unwraps a data key: its org must be live, its KEK version neither retired nor unknown,
+    /// and its bytes must authenticate under that KEK with its org, id and version.
+    pub fn unwrap_data_key(&self, wrapped: &WrappedDataKey) -> Result<DataKey, KmsError> {
+        let kek = self.kek(&wrapped.org, wrapped.kek_version)?;
+        Ok(kek.unwrap_data_key(wrapped)?)
+    }
+}
+
+#[cfg(test)]
+mod tests;

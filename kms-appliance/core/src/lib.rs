@@ -1,0 +1,52 @@
+//! `coffer-kms`: the core of the KMS appliance: the key hierarchy, its state sealed on
+//! untrusted storage, and the rollback defence. A library: the appliance binary and the
+//! attested API over the mesh come in the next steps of issue 5.
+//!
+//! **Owns:**
+//! - [`keys`]: the root key (OS CSPRNG, generated at first start), per-org KEKs with versions
+//!   (create, rotate, retire a previous version, destroy every version = crypto-shredding), and
+//!   data keys returned in the clear and wrapped (AES-256-GCM, associated data binding org, key
+//!   id and KEK version). Key bytes only in zeroizing types; no `Debug` prints them.
+//! - [`store`]: the KMS state in a [`redb`] file, every record AES-256-GCM-sealed under the
+//!   platform sealing key with associated data binding table, key and format; a state version
+//!   raised by every durable commit, and a [`digest`] of the whole record set.
+//! - [`rollback`]: the [`VersionAnchor`](rollback::VersionAnchor) checked at open; a TPM NV
+//!   counter implementation behind feature `tpm`.
+//! - [`Kms`]: the operations, each one durable commit before it returns.
+//!
+//! **Trusts:** the platform's sealing key (`EvidenceProvider::sealing_key`, bound to this
+//! image's measurement and policy), the OS CSPRNG, the rollback anchor where there is one, and
+//! redb for atomic, durable commits. **Not** the disk: everything read from it is checked.
+//!
+//! **Checks, at every open, before serving:** the store was sealed by this image's key (else
+//! [`StoreError::SealedByAnotherKey`]); the state record opens; its version is not below the
+//! anchor ([`StoreError::RolledBack`]); every record opens under its own table and key
+//! ([`StoreError::Tampered`], naming the record); the records are exactly the set committed
+//! ([`StoreError::DigestMismatch`]). On every unwrap: the org is live, the KEK version is not
+//! retired, and the wrapped key authenticates with its org, id and version.
+//!
+//! **How rollback is defended, per platform** (details in [`rollback`]):
+//! - *Azure:* a TPM 2.0 NV counter in the vTPM ([`rollback::tpm::TpmNvCounter`], feature `tpm`,
+//!   which links the shared libtss2 and so is not in the static musl appliance yet): every commit
+//!   raises it, and a store whose version is below it is refused.
+//! - *SEV-SNP and sim:* no guest-usable monotonic counter exists. The defence will be a quorum of
+//!   KMS replicas holding the latest version, which arrives with the replicas; until then these
+//!   platforms run [`rollback::Unanchored`], and **rollback there is not defended**: a host that
+//!   kept an old copy of the disk can restart the KMS on it, bringing back retired versions and
+//!   destroyed orgs.
+//! - Everywhere: a write that committed but crashed before the anchor advanced was never
+//!   acknowledged, and may be lost to a rollback.
+
+#![forbid(unsafe_code)]
+
+mod crypto;
+pub mod digest;
+pub mod keys;
+mod kms;
+pub mod rollback;
+pub mod store;
+
+pub use crypto::KEY_LEN;
+pub use keys::{DataKey, KeyError, KeyId, OrgId, WrappedDataKey};
+pub use kms::{DataKeyInfo, KekState, KekVersionInfo, Kms, KmsError, OrgKeyInfo};
+pub use store::{SealingKey, StoreError};
