@@ -39,6 +39,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod authz;
 mod crypto;
 pub mod digest;
 pub mod keys;
@@ -46,6 +47,7 @@ mod kms;
 pub mod rollback;
 pub mod store;
 
+pub use authz::{Authorizer, AuthzConfig, Decision};
 pub use crypto::KEY_LEN;
 pub use keys::{DataKey, KeyError, KeyId, OrgId, WrappedDataKey};
 pub use kms::{DataKeyInfo, KekState, KekVersionInfo, Kms, KmsError, OrgKeyInfo};
