@@ -50,6 +50,7 @@ bench: coffer
 	cargo run --locked --release -p coffer-bench --bin measure-bench
 	cargo run --locked --release -p coffer-bench --bin verify-bench
 	cargo run --locked --release -p coffer-bench --bin mesh-bench
+	cargo run --locked --release -p coffer-bench --bin kms-bench
 
 lint:
 	cargo fmt --all -- --check

@@ -39,6 +39,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod authz;
 mod crypto;
 pub mod digest;
@@ -47,6 +48,7 @@ mod kms;
 pub mod rollback;
 pub mod store;
 
+pub use api::{AuditSink, KmsApi, MemoryAuditSink};
 pub use authz::{Authorizer, AuthzConfig, Decision};
 pub use crypto::KEY_LEN;
 pub use keys::{DataKey, KeyError, KeyId, OrgId, WrappedDataKey};

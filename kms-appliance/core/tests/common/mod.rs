@@ -50,3 +50,6 @@ pub fn platform_measuring(measurement: [u8; 48]) -> SimService {
 pub fn platform() -> SimService {
     platform_measuring(KMS_MEASUREMENT)
 }
+
+pub mod issuer;
+pub mod mesh;
