@@ -130,6 +130,9 @@ pub enum MeshError {
     /// Reading or writing the connection failed.
     #[error("I/O: {0}")]
     Io(String),
+    /// This node is already producing as much evidence as it allows at once.
+    #[error("busy: {0} evidence requests already running; try again")]
+    Busy(usize),
     /// The handshake did not finish in time.
     #[error("attested handshake timed out after {0} ms")]
     Timeout(u64),
@@ -159,6 +162,7 @@ impl MeshError {
             MeshError::Tls(_) => "tls",
             MeshError::Protocol(_) => "protocol",
             MeshError::Io(_) => "io",
+            MeshError::Busy(_) => "busy",
             MeshError::Timeout(_) => "timeout",
         }
     }

@@ -42,6 +42,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Protocol version in every hello.
 const VERSION: u32 = 1;
 
+/// How many evidence requests a node lets run at once by default. Every handshake and every
+/// attestation-endpoint request asks the secure processor for a report before the peer is
+/// known, so an unauthenticated flood is cut off here instead of queueing on the device.
+pub const MAX_CONCURRENT_ATTESTATIONS: usize = 16;
+
 /// The first frame each side sends (public as the wire format, and for adversarial tests).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,6 +83,8 @@ pub struct MeshNode {
     identity: TlsIdentity,
     server: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
+    attestations: Arc<tokio::sync::Semaphore>,
+    attestation_limit: usize,
 }
 
 impl std::fmt::Debug for MeshNode {
@@ -114,7 +121,18 @@ impl MeshNode {
             provider,
             trust,
             identity,
+            attestations: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_ATTESTATIONS)),
+            attestation_limit: MAX_CONCURRENT_ATTESTATIONS,
         })
+    }
+
+    /// Lets at most `limit` evidence requests run at once (at least 1); more are refused with
+    /// [`MeshError::Busy`] rather than queued.
+    pub fn with_attestation_limit(mut self, limit: usize) -> Self {
+        let limit = limit.max(1);
+        self.attestations = Arc::new(tokio::sync::Semaphore::new(limit));
+        self.attestation_limit = limit;
+        self
     }
 
     /// This node's role.
@@ -190,11 +208,19 @@ impl MeshNode {
 
     /// This node's evidence for a session (on a blocking thread: providers talk to devices).
     pub async fn own_evidence(&self, report_data: [u8; 64]) -> Result<Evidence, MeshError> {
+        let permit = self
+            .attestations
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| MeshError::Busy(self.attestation_limit))?;
         let provider = self.provider.clone();
-        tokio::task::spawn_blocking(move || provider.attest(&report_data))
-            .await
-            .map_err(|e| MeshError::OwnEvidence(e.to_string()))?
-            .map_err(|e| MeshError::OwnEvidence(e.to_string()))
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            provider.attest(&report_data)
+        })
+        .await
+        .map_err(|e| MeshError::OwnEvidence(e.to_string()))?
+        .map_err(|e| MeshError::OwnEvidence(e.to_string()))
     }
 
     async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(

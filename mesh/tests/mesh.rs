@@ -446,3 +446,67 @@ async fn the_attestation_endpoint_proves_the_server_to_a_caller_with_a_nonce() {
 fn manifest_with_id(id: &str) -> Vec<u8> {
     manifest(|d| d.deployment_id = id.into())
 }
+
+/// A provider that takes its time, as a busy secure processor would.
+struct Slow(SimService, Duration);
+
+impl coffer_evidence::EvidenceProvider for Slow {
+    fn platform(&self) -> coffer_types::Platform {
+        self.0.platform()
+    }
+    fn attest(
+        &self,
+        report_data: &[u8; 64],
+    ) -> Result<coffer_evidence::Evidence, coffer_evidence::EvidenceError> {
+        std::thread::sleep(self.1);
+        self.0.attest(report_data)
+    }
+    fn sealing_key(
+        &self,
+        context: &[u8],
+    ) -> Result<zeroize::Zeroizing<[u8; 32]>, coffer_evidence::EvidenceError> {
+        self.0.sealing_key(context)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_handshakes_is_cut_off_at_the_attestation_limit() {
+    let manifest = manifest(|_| {});
+    let provider = SimService::new(
+        root().clone(),
+        SimGuest {
+            measurement: KMS,
+            host_data: deployment_digest(&manifest),
+            policy: ReportFields::DEFAULT_POLICY,
+        },
+    );
+    let trust = Trust::from_manifest(&manifest, Simulation::DangerousAccept).unwrap();
+    let kms = MeshNode::new(
+        Role::Kms,
+        Arc::new(Slow(provider, Duration::from_millis(1500))),
+        Arc::new(trust),
+    )
+    .unwrap()
+    .with_attestation_limit(1);
+    let (addr, mut events) = start_server(Arc::new(kms)).await;
+    let client = node(Role::Client, CLIENT, &manifest);
+    // The first handshake holds the only attestation slot for 1.5 s...
+    let first = {
+        let (client, addr) = (client.clone(), addr.clone());
+        tokio::spawn(async move { MeshClient::connect(&client, &addr, Role::Kms).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...so a second one meanwhile is refused at once, not queued.
+    let started = std::time::Instant::now();
+    assert!(MeshClient::connect(&client, &addr, Role::Kms)
+        .await
+        .is_err());
+    assert!(started.elapsed() < Duration::from_millis(1000));
+    assert_eq!(refused_by_server(&mut events).await, MeshError::Busy(1));
+    // The first completes.
+    assert!(first.await.unwrap().is_ok());
+    assert!(matches!(
+        next_event(&mut events).await,
+        SessionEvent::Accepted(_)
+    ));
+}
