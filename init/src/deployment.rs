@@ -36,7 +36,7 @@ pub fn bind(config: &ApplianceConfig) -> Result<Option<String>, InitError> {
         .map_err(|e| InitError::Deployment(e.to_string()))?;
     info!(
         deployment = %deployment.deployment_id,
-        digest = %hex_string(&deployment_digest(&manifest)),
+        digest = %hex::encode(deployment_digest(&manifest)),
         platform = deployment.platform.as_str(),
         "deployment manifest matches this guest's HOST_DATA"
     );
@@ -53,10 +53,6 @@ pub fn bind(config: &ApplianceConfig) -> Result<Option<String>, InitError> {
 
 fn deployment_io(path: &Path, e: std::io::Error) -> InitError {
     InitError::Deployment(format!("{}: {e}", path.display()))
-}
-
-fn hex_string(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `/dev/<name>` of the block device whose serial is [`CONFIG_DISK_SERIAL`].

@@ -369,7 +369,10 @@ impl Trust {
     fn pcr_pins(&self, role: Role) -> Result<PcrPins, MeshError> {
         let manifest = |e: &dyn std::fmt::Display| MeshError::Manifest(e.to_string());
         let mut pins = PcrPins::new()
-            .pin(DEPLOYMENT_PCR, [extended_once(&self.digest)])
+            .pin(
+                DEPLOYMENT_PCR,
+                [coffer_vtpm::predict::extended_from_reset(&self.digest)],
+            )
             .map_err(|e| manifest(&e))?;
         if let Some(role_pins) = self.deployment.roles.get(&role) {
             for (index, value) in &role_pins.pcrs {
@@ -384,16 +387,6 @@ impl Trust {
         }
         Ok(pins)
     }
-}
-
-/// A sha256 PCR after one extend with `digest` from reset.
-pub fn extended_once(digest: &[u8; 32]) -> [u8; 32] {
-    use sha2::Digest as _;
-    sha2::Sha256::new()
-        .chain_update([0u8; 32])
-        .chain_update(digest)
-        .finalize()
-        .into()
 }
 
 /// The one error that names a rejected verdict best.

@@ -27,7 +27,7 @@ const CLIENT_IMAGE: [u8; 32] = [0xc1; 32];
 const OTHER_IMAGE: [u8; 32] = [0xee; 32];
 
 fn extended(event: &[u8; 32]) -> String {
-    hex::encode(coffer_vtpm_provider::swtpm::extended_from_zero(event))
+    hex::encode(coffer_vtpm::predict::extended_from_reset(event))
 }
 
 /// A simulated Azure deployment: the paravisor measurement pinned for every role, and PCR 11

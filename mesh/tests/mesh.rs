@@ -36,6 +36,19 @@ fn manifest(edit: impl FnOnce(&mut Deployment)) -> Vec<u8> {
     serde_json::to_vec_pretty(&deployment).unwrap()
 }
 
+/// The simulated secure processor of a guest launched with `measurement` and `policy` into the
+/// deployment `manifest` (HOST_DATA = its digest).
+fn sim_platform(measurement: [u8; 48], policy: u64, manifest: &[u8]) -> SimService {
+    SimService::new(
+        root().clone(),
+        SimGuest {
+            measurement,
+            host_data: deployment_digest(manifest),
+            policy,
+        },
+    )
+}
+
 /// A node of `role` launched with `measurement` and `policy` into the deployment `manifest`
 /// (HOST_DATA = its digest), trusting `trusts`.
 fn node_with(
@@ -45,14 +58,7 @@ fn node_with(
     launched_into: &[u8],
     trusts: &[u8],
 ) -> Arc<MeshNode> {
-    let provider = SimService::new(
-        root().clone(),
-        SimGuest {
-            measurement,
-            host_data: deployment_digest(launched_into),
-            policy,
-        },
-    );
+    let provider = sim_platform(measurement, policy, launched_into);
     let trust = Trust::from_manifest(trusts, Simulation::DangerousAccept).unwrap();
     Arc::new(MeshNode::new(role, Arc::new(provider), Arc::new(trust)).unwrap())
 }
@@ -156,14 +162,7 @@ async fn simulated_evidence_is_refused_by_an_amd_only_deployment() {
     });
     // The server trusts AMD only (and has no simulation root at all).
     let kms = {
-        let provider = SimService::new(
-            root().clone(),
-            SimGuest {
-                measurement: KMS,
-                host_data: deployment_digest(&amd),
-                policy: ReportFields::DEFAULT_POLICY,
-            },
-        );
+        let provider = sim_platform(KMS, ReportFields::DEFAULT_POLICY, &amd);
         let trust = Trust::from_manifest(&amd, Simulation::Refuse).unwrap();
         Arc::new(MeshNode::new(Role::Kms, Arc::new(provider), Arc::new(trust)).unwrap())
     };
@@ -343,14 +342,7 @@ async fn a_pin_revoked_on_the_client_fails_the_next_request_by_name() {
 
 /// A node whose sessions live at most one second.
 fn short_lived(role: Role, measurement: [u8; 48], manifest: &[u8]) -> Arc<MeshNode> {
-    let provider = SimService::new(
-        root().clone(),
-        SimGuest {
-            measurement,
-            host_data: deployment_digest(manifest),
-            policy: ReportFields::DEFAULT_POLICY,
-        },
-    );
+    let provider = sim_platform(measurement, ReportFields::DEFAULT_POLICY, manifest);
     let trust = Trust::from_manifest(manifest, Simulation::DangerousAccept)
         .unwrap()
         .with_max_session_age(Duration::from_secs(1));
@@ -472,14 +464,7 @@ impl coffer_evidence::EvidenceProvider for Slow {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_handshakes_is_cut_off_at_the_attestation_limit() {
     let manifest = manifest(|_| {});
-    let provider = SimService::new(
-        root().clone(),
-        SimGuest {
-            measurement: KMS,
-            host_data: deployment_digest(&manifest),
-            policy: ReportFields::DEFAULT_POLICY,
-        },
-    );
+    let provider = sim_platform(KMS, ReportFields::DEFAULT_POLICY, &manifest);
     let trust = Trust::from_manifest(&manifest, Simulation::DangerousAccept).unwrap();
     let kms = MeshNode::new(
         Role::Kms,

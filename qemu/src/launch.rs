@@ -113,7 +113,7 @@ pub fn launch(options: &LaunchOptions) -> Result<VmRecord, LaunchError> {
 
     let dir = state::vm_dir(&options.state_dir, &name);
     std::fs::create_dir_all(&dir).map_err(|e| LaunchError::io(&dir, e))?;
-    let record = VmRecord {
+    let mut record = VmRecord {
         name: name.clone(),
         role: manifest.role,
         image_dir: image.dir.clone(),
@@ -128,7 +128,6 @@ pub fn launch(options: &LaunchOptions) -> Result<VmRecord, LaunchError> {
     let _ = std::fs::remove_file(&record.serial_log);
     let pid_file = dir.join("qemu.pid");
     let mut args = qemu_args(&image, options, &record, &pid_file)?;
-    let mut record = record;
     if let Some(launch) = &options.deployment {
         let disk = dir.join("config.img");
         deploy::write_config_disk(&disk, &launch.manifest)?;
@@ -152,33 +151,8 @@ pub fn launch(options: &LaunchOptions) -> Result<VmRecord, LaunchError> {
         };
         args.extend(deploy::qemu_args(&disk, sim_socket));
     }
-    let record = record;
-    let qemu = std::env::var_os("COFFER_QEMU").unwrap_or_else(|| "qemu-system-x86_64".into());
-    let output = Command::new(&qemu).args(&args).output().map_err(|e| {
-        LaunchError::Qemu(format!(
-            "cannot run {}: {e} (install it with `apt-get install qemu-system-x86`)",
-            PathBuf::from(&qemu).display()
-        ))
-    })?;
-    if !output.status.success() {
-        stop_sim(&record);
-        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-        // QEMU: "Could not set up host forwarding rule 'tcp:127.0.0.1:PORT-:GUEST'".
-        if let Some(forward) = record.forwards.iter().find(|f| {
-            stderr.contains("host forwarding") && stderr.contains(&format!("127.0.0.1:{}-", f.host))
-        }) {
-            return Err(LaunchError::PortInUse {
-                port: forward.host,
-                name: forward.name.clone(),
-                guest: forward.guest,
-            });
-        }
-        return Err(LaunchError::Qemu(stderr));
-    }
-    let pid_text = std::fs::read_to_string(&pid_file).map_err(|e| LaunchError::io(&pid_file, e))?;
-    let pid = pid_text.trim().parse().map_err(|_| {
-        LaunchError::Qemu(format!("{}: not a pid: {pid_text:?}", pid_file.display()))
-    })?;
+    // A simulated secure processor started above must not outlive a QEMU that did not start.
+    let pid = start_qemu(&args, &record, &pid_file).inspect_err(|_| stop_sim(&record))?;
     let record = VmRecord { pid, ..record };
     state::save(&options.state_dir, &record)?;
     Ok(record)
@@ -289,6 +263,36 @@ pub fn stop(
     stop_sim(vm);
     state::forget(state_dir, &vm.name);
     pressed.map(|_| outcome)
+}
+
+/// Runs QEMU (it daemonizes once its devices are up) and returns its pid.
+fn start_qemu(args: &[String], record: &VmRecord, pid_file: &Path) -> Result<i32, LaunchError> {
+    let qemu = std::env::var_os("COFFER_QEMU").unwrap_or_else(|| "qemu-system-x86_64".into());
+    let output = Command::new(&qemu).args(args).output().map_err(|e| {
+        LaunchError::Qemu(format!(
+            "cannot run {}: {e} (install it with `apt-get install qemu-system-x86`)",
+            PathBuf::from(&qemu).display()
+        ))
+    })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        // QEMU: "Could not set up host forwarding rule 'tcp:127.0.0.1:PORT-:GUEST'".
+        if let Some(forward) = record.forwards.iter().find(|f| {
+            stderr.contains("host forwarding") && stderr.contains(&format!("127.0.0.1:{}-", f.host))
+        }) {
+            return Err(LaunchError::PortInUse {
+                port: forward.host,
+                name: forward.name.clone(),
+                guest: forward.guest,
+            });
+        }
+        return Err(LaunchError::Qemu(stderr));
+    }
+    let pid_text = std::fs::read_to_string(pid_file).map_err(|e| LaunchError::io(pid_file, e))?;
+    pid_text
+        .trim()
+        .parse()
+        .map_err(|_| LaunchError::Qemu(format!("{}: not a pid: {pid_text:?}", pid_file.display())))
 }
 
 /// Ends a VM's simulated secure processor if it is still there (it normally exits by itself

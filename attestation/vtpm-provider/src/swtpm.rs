@@ -8,7 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest as _, Sha256};
 use tss_esapi::handles::PcrHandle;
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::session_handles::AuthSession;
@@ -152,16 +151,8 @@ impl Swtpm {
                 op: "TPM2_PCR_Extend",
                 reason: e.to_string(),
             })?;
-        Ok(extended_from_zero(&digest))
+        Ok(coffer_vtpm::predict::extended_from_reset(&digest))
     }
-}
-
-/// A sha256 PCR's value after one extend with `digest` from reset (all zeros).
-pub fn extended_from_zero(digest: &[u8; 32]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update([0u8; 32]);
-    h.update(digest);
-    h.finalize().into()
 }
 
 impl Drop for Swtpm {

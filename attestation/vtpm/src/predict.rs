@@ -85,6 +85,13 @@ pub fn extend(pcr: &mut [u8; 32], digest: &[u8; 32]) {
     *pcr = h.finalize().into();
 }
 
+/// A sha256 PCR's value after one extend with `digest` from reset (all zeros).
+pub fn extended_from_reset(digest: &[u8; 32]) -> [u8; 32] {
+    let mut pcr = [0u8; 32];
+    extend(&mut pcr, digest);
+    pcr
+}
+
 /// SHA-256 of bytes.
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()

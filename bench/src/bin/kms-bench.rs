@@ -208,8 +208,8 @@ async fn run() -> anyhow::Result<()> {
     let keys = tempfile::tempdir()?;
     let root = Arc::new(SimRoot::load_or_generate(keys.path()).context("simulation root")?);
     let pins = BTreeMap::from([
-        (Role::Kms, vec![hex(&KMS)]),
-        (Role::Client, vec![hex(&CLIENT)]),
+        (Role::Kms, vec![hex::encode(KMS)]),
+        (Role::Client, vec![hex::encode(CLIENT)]),
     ]);
     let manifest = serde_json::to_vec(&sim_deployment(&root, "kms-bench", pins)?)?;
     let (authorizer, owner, analyst) = issuer()?;
@@ -405,8 +405,4 @@ async fn run() -> anyhow::Result<()> {
         audit.bytes.load(Ordering::Relaxed)
     );
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -144,8 +144,8 @@ async fn run() -> anyhow::Result<()> {
     let keys = tempfile::tempdir()?;
     let root = Arc::new(SimRoot::load_or_generate(keys.path()).context("simulation root")?);
     let pins = BTreeMap::from([
-        (Role::Kms, vec![hex(&KMS)]),
-        (Role::Client, vec![hex(&CLIENT)]),
+        (Role::Kms, vec![hex::encode(KMS)]),
+        (Role::Client, vec![hex::encode(CLIENT)]),
     ]);
     let manifest = serde_json::to_vec(&sim_deployment(&root, "bench", pins)?)?;
     let kms = node(&root, &manifest, Role::Kms, KMS)?;
@@ -324,8 +324,4 @@ async fn run() -> anyhow::Result<()> {
         am / pm
     );
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
     let ark = read("roots/milan/ark.pem")?;
 
     // A policy this report satisfies, so that every check runs and passes.
-    let measurement = hex(&report[0x90..0xC0]);
+    let measurement = hex::encode(&report[0x90..0xC0]);
     let policy = Policy::from_toml(&format!(
         "min_report_version = 2\nallowed_processors = [\"milan\"]\nallowed_measurements = [\"{measurement}\"]\n\
          allowed_vmpl = [0, 1, 2, 3]\nallow_smt = true\n\
@@ -101,10 +101,6 @@ fn main() -> anyhow::Result<()> {
         o.median.as_secs_f64() / t.median.as_secs_f64()
     );
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The sev crate's chain constructor takes PEM for all three certificates.

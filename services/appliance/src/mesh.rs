@@ -105,7 +105,7 @@ pub fn serve_main(role: Role, args: &ServeArgs) -> ExitCode {
                     "role": role,
                     "path": request.uri().path(),
                     "peer_role": peer.role,
-                    "peer_measurement": hex_string(&peer.measurement),
+                    "peer_measurement": hex::encode(peer.measurement),
                 });
                 Response::new(Full::new(Bytes::from(body.to_string())))
             };
@@ -179,8 +179,4 @@ pub fn probe_main(role: Role, args: &ProbeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn hex_string(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
