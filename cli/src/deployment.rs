@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use coffer_sim::SimRoot;
-use coffer_types::{deployment_digest, Bootstrap, PinFile, Role};
+use coffer_types::{deployment_digest, Bootstrap, KmsSettings, PinFile, RecoveryPolicy, Role};
 
 /// `coffer deployment init --out FILE [...]`.
 #[derive(Debug, Clone, Args)]
@@ -35,6 +35,22 @@ pub struct InitArgs {
     /// Its first administrator.
     #[arg(long, default_value = "admin@acme.example")]
     pub admin: String,
+    /// The KMS's authorisation settings: a JSON file with the issuers whose identity tokens
+    /// and job grants it believes (`{"issuers": [{"issuer", "kind", "jwks"}], ...}`). Without
+    /// it the KMS denies every request.
+    #[arg(long, value_name = "FILE")]
+    pub kms_authz: Option<PathBuf>,
+    /// A recovery officer's age public key (age1..., repeatable): the KMS root key is split
+    /// among them at initialisation.
+    #[arg(
+        long = "recovery-officer",
+        value_name = "AGE_RECIPIENT",
+        requires = "kms_authz"
+    )]
+    pub recovery_officers: Vec<String>,
+    /// How many officers restore the root key [default: a majority].
+    #[arg(long, requires = "recovery_officers")]
+    pub recovery_threshold: Option<u8>,
 }
 
 fn parse_endpoint(text: &str) -> Result<(Role, String), String> {
@@ -80,6 +96,27 @@ pub fn init(args: &InitArgs, state_dir: &Path) -> anyhow::Result<()> {
         org: args.org.clone(),
         admin: args.admin.clone(),
     };
+    if let Some(path) = &args.kms_authz {
+        let text =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let authz: serde_json::Value = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        // Checked as the KMS will check it at start, so a bad file fails here, not in the VM.
+        let config: coffer_kms::AuthzConfig = serde_json::from_value(authz.clone())
+            .with_context(|| format!("{}: not KMS authorisation settings", path.display()))?;
+        coffer_kms::Authorizer::new(config).with_context(|| format!("{}", path.display()))?;
+        let recovery = (!args.recovery_officers.is_empty()).then(|| {
+            let n = args.recovery_officers.len();
+            RecoveryPolicy {
+                threshold: args
+                    .recovery_threshold
+                    .unwrap_or_else(|| u8::try_from(n / 2 + 1).unwrap_or(u8::MAX)),
+                officers: args.recovery_officers.clone(),
+                restore: None,
+            }
+        });
+        deployment.kms = Some(KmsSettings { authz, recovery });
+    }
     deployment.validate()?;
     let mut bytes = serde_json::to_vec_pretty(&deployment)?;
     bytes.push(b'\n');

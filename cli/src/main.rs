@@ -8,6 +8,7 @@
 
 mod deployment;
 mod measure;
+mod recovery;
 mod sim;
 mod verify;
 
@@ -64,6 +65,9 @@ enum Command {
     /// Deployment manifests.
     #[command(subcommand)]
     Deployment(DeploymentCommand),
+    /// k-of-n recovery of the KMS root key: a recovery officer's side, offline.
+    #[command(subcommand)]
+    Recovery(recovery::RecoveryCommand),
 }
 
 #[derive(Subcommand)]
@@ -166,6 +170,15 @@ struct RunArgs {
     /// simulated secure processor starts beside the VM.
     #[arg(long, value_name = "FILE")]
     deployment: Option<PathBuf>,
+    /// The data disk, for an image that keeps state (kms) [default: disks/NAME.img in the
+    /// state directory, kept across runs; created when missing].
+    #[arg(long, value_name = "FILE")]
+    data_disk: Option<PathBuf>,
+    /// kms image on a blank data disk: join the KMS at this mesh address (HOST:PORT as the VM
+    /// sees it) as a replica or upgraded image, instead of starting a new root key. The KMS
+    /// there must find this image's measurement pinned for kms in the deployment.
+    #[arg(long, value_name = "HOST:PORT", requires = "deployment")]
+    kms_join: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -239,6 +252,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         ) || cause.downcast_ref::<coffer_types::UnknownRole>().is_some()
             || cause
                 .downcast_ref::<coffer_types::DeploymentError>()
+                .is_some()
+            || cause
+                .downcast_ref::<coffer_kms::recovery::RecoveryError>()
                 .is_some()
     });
     if bad_input {
@@ -335,6 +351,7 @@ fn dispatch(command: Command, state_dir: PathBuf) -> anyhow::Result<()> {
         Command::Sim(SimCommand::Report(args)) => sim::run(&args, &state_dir),
         Command::Sim(SimCommand::Serve(args)) => sim::serve(&args, &state_dir),
         Command::Deployment(DeploymentCommand::Init(args)) => deployment::init(&args, &state_dir),
+        Command::Recovery(command) => recovery::run(&command),
         Command::Measure(MeasureCommand::Snp(args)) => {
             println!("{}", measure::run(&args)?);
             Ok(())
@@ -388,6 +405,8 @@ fn run_vm(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
             }
             None => None,
         },
+        data_disk: args.data_disk,
+        kms_join: args.kms_join,
     };
     let vm = coffer_qemu::launch(&options)?;
     eprintln!(

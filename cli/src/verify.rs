@@ -472,16 +472,21 @@ pub struct VerifyEndpointArgs {
     pub json: bool,
 }
 
-/// Checks a server's attestation endpoint; 0 accepted, 1 refused.
-pub fn run_endpoint(args: &VerifyEndpointArgs) -> anyhow::Result<u8> {
-    let manifest = std::fs::read(&args.deployment)
-        .with_context(|| format!("cannot read {}", args.deployment.display()))?;
-    let simulation = if args.allow_simulation {
+/// The trust a deployment manifest file gives, simulation accepted only when asked for.
+pub fn trust_from(deployment: &Path, allow_simulation: bool) -> anyhow::Result<coffer_mesh::Trust> {
+    let manifest = std::fs::read(deployment)
+        .with_context(|| format!("cannot read {}", deployment.display()))?;
+    let simulation = if allow_simulation {
         coffer_mesh::Simulation::DangerousAccept
     } else {
         coffer_mesh::Simulation::Refuse
     };
-    let trust = coffer_mesh::Trust::from_manifest(&manifest, simulation)?;
+    Ok(coffer_mesh::Trust::from_manifest(&manifest, simulation)?)
+}
+
+/// Checks a server's attestation endpoint; 0 accepted, 1 refused.
+pub fn run_endpoint(args: &VerifyEndpointArgs) -> anyhow::Result<u8> {
+    let trust = trust_from(&args.deployment, args.allow_simulation)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -501,12 +506,16 @@ pub fn run_endpoint(args: &VerifyEndpointArgs) -> anyhow::Result<u8> {
                         "trust_root": check.peer.trust_root,
                         "tls_spki_sha256": check.tls_spki_sha256,
                         "nonce": check.nonce,
+                        "claims": check.claims,
                     })
                 );
             } else {
                 println!("ACCEPTED: {} is {}", args.url, check.peer);
                 println!("  TLS public key sha256 {}", check.tls_spki_sha256);
                 println!("  fresh nonce {}", check.nonce);
+                for (name, value) in &check.claims {
+                    println!("  claim {name} = {value} (bound into the evidence)");
+                }
                 if check.peer.trust_root == coffer_verify::TrustRoot::Simulation {
                     println!("  WARNING: simulated secure processor, NOT AMD hardware");
                 }

@@ -183,6 +183,7 @@ pub fn build_image(
         modules: module_paths,
         ports: spec.ports.clone(),
         health_port: spec.health_port,
+        data_disk_mib: spec.data_disk_mib,
     };
     let mut json =
         serde_json::to_vec_pretty(&manifest).map_err(|e| ImageError::io(out, e.into()))?;

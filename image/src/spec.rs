@@ -28,6 +28,8 @@ struct RawSpec {
     services: Vec<ServiceConfig>,
     #[serde(rename = "port", default)]
     ports: Vec<PortSpec>,
+    #[serde(default)]
+    data_disk_mib: Option<u32>,
     snp: SnpLaunchConfigs,
 }
 
@@ -67,6 +69,9 @@ pub struct ImageSpec {
     pub services: Vec<ServiceConfig>,
     /// Ports to forward.
     pub ports: Vec<PortSpec>,
+    /// The size of the persistent data disk the image needs, if any (see
+    /// [`coffer_types::DATA_DISK_SERIAL`]).
+    pub data_disk_mib: Option<u32>,
     /// Launch configurations to measure.
     pub snp: SnpLaunchConfigs,
 }
@@ -146,6 +151,14 @@ impl ImageSpec {
                 raw.health_port
             )));
         }
+        if let Some(mib) = raw
+            .data_disk_mib
+            .filter(|mib| !(16..=1 << 20).contains(mib))
+        {
+            return Err(invalid(format!(
+                "data_disk_mib {mib} is outside 16..=1048576"
+            )));
+        }
         let snp = &raw.snp;
         if snp.vcpus.is_empty() || snp.vcpu_types.is_empty() || snp.guest_features.is_empty() {
             return Err(invalid(
@@ -179,6 +192,7 @@ impl ImageSpec {
             restart: raw.restart,
             services: raw.services,
             ports: raw.ports,
+            data_disk_mib: raw.data_disk_mib,
             snp: raw.snp,
         })
     }

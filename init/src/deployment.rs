@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use coffer_types::{
     deployment_digest, ApplianceConfig, CONFIG_DISK_MAGIC, CONFIG_DISK_SERIAL,
-    DEPLOYMENT_RUNTIME_PATH,
+    DATA_DISK_RUNTIME_PATH, DATA_DISK_SERIAL, DEPLOYMENT_RUNTIME_PATH,
 };
 use tracing::info;
 
@@ -57,13 +57,7 @@ fn deployment_io(path: &Path, e: std::io::Error) -> InitError {
 
 /// `/dev/<name>` of the block device whose serial is [`CONFIG_DISK_SERIAL`].
 fn find_config_disk(sys_block: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(sys_block)
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let serial = std::fs::read_to_string(entry.path().join("serial")).ok()?;
-            (serial.trim() == CONFIG_DISK_SERIAL).then(|| Path::new("/dev").join(entry.file_name()))
-        })
+    coffer_types::find_disk_by_serial(sys_block, CONFIG_DISK_SERIAL)
 }
 
 /// The manifest bytes on the config disk (magic, u32 LE length, bytes).
@@ -92,7 +86,25 @@ fn read_config_disk(disk: &Path) -> Result<Vec<u8>, InitError> {
     Ok(manifest)
 }
 
-/// Lets the services' groups use the attestation device (the sim port or /dev/sev-guest): they
+/// The one group the services run as (today every image runs its services as one group), which
+/// is given the devices they need.
+fn services_gid(config: &ApplianceConfig) -> Option<u32> {
+    let mut gids: Vec<u32> = config.services.iter().filter_map(|s| s.gid).collect();
+    gids.sort_unstable();
+    gids.dedup();
+    gids.first().copied()
+}
+
+fn grant(device: &Path, gid: u32, what: &str) -> Result<(), InitError> {
+    nix::unistd::chown(device, None, Some(nix::unistd::Gid::from_raw(gid)))
+        .map_err(|e| InitError::Deployment(format!("chown {}: {e}", device.display())))?;
+    std::fs::set_permissions(device, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| deployment_io(device, e))?;
+    info!(device = %device.display(), gid, "{what} opened to the services");
+    Ok(())
+}
+
+/// Lets the services' group use the attestation device (the sim port or /dev/sev-guest): they
 /// attest mesh sessions. Nothing else in the guest can.
 fn grant_attestation_device(config: &ApplianceConfig) -> Result<(), InitError> {
     let sim = coffer_evidence::sim::find_port(Path::new(coffer_evidence::sim::VIRTIO_PORTS_SYSFS));
@@ -100,21 +112,32 @@ fn grant_attestation_device(config: &ApplianceConfig) -> Result<(), InitError> {
         Some(PathBuf::from(coffer_evidence::snp::SEV_GUEST_DEVICE)),
         sim,
     ];
-    let mut gids: Vec<u32> = config.services.iter().filter_map(|s| s.gid).collect();
-    gids.sort_unstable();
-    gids.dedup();
-    // One group owns the device; services of other groups cannot attest (today every image
-    // runs its services as one group).
-    let Some(&gid) = gids.first() else {
+    let Some(gid) = services_gid(config) else {
         return Ok(());
     };
     for device in devices.into_iter().flatten().filter(|d| d.exists()) {
-        nix::unistd::chown(&device, None, Some(nix::unistd::Gid::from_raw(gid)))
-            .map_err(|e| InitError::Deployment(format!("chown {}: {e}", device.display())))?;
-        std::fs::set_permissions(&device, std::fs::Permissions::from_mode(0o660))
-            .map_err(|e| deployment_io(&device, e))?;
-        info!(device = %device.display(), gid, "attestation device opened to the services");
+        grant(&device, gid, "attestation device")?;
     }
+    Ok(())
+}
+
+/// Lets the services' group use the data disk ([`DATA_DISK_SERIAL`]), when the launcher attached
+/// one: the KMS keeps its sealed store on it. Published as [`DATA_DISK_RUNTIME_PATH`] (a
+/// symlink), since device names depend on probe order.
+pub fn grant_data_disk(config: &ApplianceConfig) -> Result<(), InitError> {
+    let Some(disk) = coffer_types::find_disk_by_serial(Path::new("/sys/block"), DATA_DISK_SERIAL)
+    else {
+        return Ok(());
+    };
+    if let Some(gid) = services_gid(config) {
+        grant(&disk, gid, "data disk")?;
+    }
+    let link = Path::new(DATA_DISK_RUNTIME_PATH);
+    if let Some(dir) = link.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| deployment_io(dir, e))?;
+    }
+    let _ = std::fs::remove_file(link);
+    std::os::unix::fs::symlink(&disk, link).map_err(|e| deployment_io(link, e))?;
     Ok(())
 }
 

@@ -75,6 +75,7 @@ fn boot_and_supervise(started: Instant) -> Result<String, InitError> {
     modules::load_all(&config.modules)?;
     mounts::mount_configfs()?;
     deployment::bind(&config)?;
+    deployment::grant_data_disk(&config)?;
     net::configure(&config.network)?;
     let buttons = power::open_power_buttons();
     info!(

@@ -16,6 +16,8 @@
 //! binding for verifiers that look at it alone. TLS 1.2 is never offered (its exporter without
 //! extended master secret is not unique per session).
 
+use std::collections::BTreeMap;
+
 use coffer_types::Role;
 use sha2::{Digest, Sha256, Sha512};
 
@@ -73,16 +75,41 @@ pub fn session_report_data(
 }
 
 /// The REPORT_DATA of the attestation endpoint's evidence: `SHA-512(ENDPOINT_LABEL ‖
-/// SHA-256(nonce) ‖ SHA-256(server's SubjectPublicKeyInfo DER))`. The caller's nonce makes it
-/// fresh; the server's TLS public key ties it to the connection the caller sees (a relaying
-/// server would present another key).
-pub fn endpoint_report_data(nonce: &[u8], spki_der: &[u8]) -> [u8; 64] {
-    Sha512::new()
+/// SHA-256(nonce) ‖ SHA-256(server's SubjectPublicKeyInfo DER) [‖ claims digest])`. The caller's
+/// nonce makes it fresh; the server's TLS public key ties it to the connection the caller sees
+/// (a relaying server would present another key).
+///
+/// `claims` are statements the node makes about itself that its evidence vouches for (the KMS's
+/// audit-signer key, a recovering KMS's share recipient): with none, nothing is appended; else
+/// the [`claims_digest`].
+pub fn endpoint_report_data(
+    nonce: &[u8],
+    spki_der: &[u8],
+    claims: &BTreeMap<String, String>,
+) -> [u8; 64] {
+    let mut hash = Sha512::new()
         .chain_update(ENDPOINT_LABEL)
         .chain_update(Sha256::digest(nonce))
-        .chain_update(Sha256::digest(spki_der))
-        .finalize()
-        .into()
+        .chain_update(Sha256::digest(spki_der));
+    if !claims.is_empty() {
+        hash.update(claims_digest(claims));
+    }
+    hash.finalize().into()
+}
+
+/// SHA-256 over the claims in key order, each key and value preceded by its length (u32 big
+/// endian): no two claim sets encode alike.
+pub fn claims_digest(claims: &BTreeMap<String, String>) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for (key, value) in claims {
+        for part in [key, value] {
+            // Claims are short names and keys; a longer one is cut to the u32 range in the
+            // length only, which a verifier computing the same digest reproduces.
+            hash.update(u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+            hash.update(part.as_bytes());
+        }
+    }
+    hash.finalize().into()
 }
 
 #[cfg(test)]
@@ -91,6 +118,7 @@ mod tests {
 
     #[test]
     fn every_input_changes_the_binding() {
+        let none = BTreeMap::new();
         let base = session_report_data(Side::Client, Role::Kms, &[1; 32], b"cert");
         assert_ne!(
             base,
@@ -109,12 +137,18 @@ mod tests {
             session_report_data(Side::Client, Role::Kms, &[1; 32], b"cert2")
         );
         assert_ne!(
-            endpoint_report_data(b"n", b"k"),
-            endpoint_report_data(b"n2", b"k")
+            endpoint_report_data(b"n", b"k", &none),
+            endpoint_report_data(b"n2", b"k", &none)
         );
         assert_ne!(
-            endpoint_report_data(b"n", b"k"),
-            endpoint_report_data(b"n", b"k2")
+            endpoint_report_data(b"n", b"k", &none),
+            endpoint_report_data(b"n", b"k2", &none)
         );
+        let claim = |k: &str, v: &str| BTreeMap::from([(k.to_owned(), v.to_owned())]);
+        let with = endpoint_report_data(b"n", b"k", &claim("a", "b"));
+        assert_ne!(with, endpoint_report_data(b"n", b"k", &none));
+        assert_ne!(with, endpoint_report_data(b"n", b"k", &claim("a", "c")));
+        // Lengths are encoded: moving a byte between key and value changes the digest.
+        assert_ne!(with, endpoint_report_data(b"n", b"k", &claim("ab", "")));
     }
 }

@@ -5,6 +5,7 @@
 //! caller's side (`coffer verify endpoint https://HOST:PORT`): it reads the public key from the
 //! TLS session it is on, sends a fresh nonce, and verifies the evidence against the deployment.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -41,15 +42,16 @@ pub struct EndpointAttestation {
     pub nonce: String,
     /// SHA-256 of the server's TLS SubjectPublicKeyInfo, hex (what the evidence binds).
     pub tls_spki_sha256: String,
+    /// What the node states about itself, bound into the evidence with the nonce and key (the
+    /// KMS: `audit_signer`, its checkpoint-signing verifier key).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, String>,
     /// The evidence.
     pub evidence: Evidence,
 }
 
 /// The answer to one request to the endpoint.
-pub async fn answer(
-    node: &MeshNode,
-    request: &Request<hyper::body::Incoming>,
-) -> Response<Full<Bytes>> {
+pub async fn answer<B>(node: &MeshNode, request: &Request<B>) -> Response<Full<Bytes>> {
     let json = |status: StatusCode, body: String| {
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
@@ -99,7 +101,11 @@ pub async fn answer(
         None => return error(StatusCode::BAD_REQUEST, "missing ?nonce=HEX".into()),
     };
     let spki = node.identity().spki_der();
-    let evidence = match node.own_evidence(endpoint_report_data(&nonce, spki)).await {
+    let claims = node.claims();
+    let evidence = match node
+        .own_evidence(endpoint_report_data(&nonce, spki, &claims))
+        .await
+    {
         Ok(evidence) => evidence,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
@@ -108,6 +114,7 @@ pub async fn answer(
         role: node.role(),
         nonce: hex::encode(&nonce),
         tls_spki_sha256: hex::encode(crate::sha256(spki)),
+        claims,
         evidence,
     };
     match serde_json::to_string(&body) {
@@ -116,14 +123,75 @@ pub async fn answer(
     }
 }
 
+/// More routes on the attestation endpoint's server, for what people (not mesh nodes) must reach
+/// over the same server-authenticated TLS: the KMS's recovery kit and share submission. Given
+/// the method, path and body (at most [`MAX_EXTENSION_BODY`] bytes); `None` for paths it does not
+/// serve. Whoever calls it has proved nothing; it must check what it receives.
+pub type Extension = Arc<
+    dyn Fn(
+            hyper::Method,
+            String,
+            Bytes,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Option<Response<Full<Bytes>>>> + Send>,
+        > + Send
+        + Sync,
+>;
+
+/// The largest request body an [`Extension`] receives.
+pub const MAX_EXTENSION_BODY: usize = 64 * 1024;
+
 /// Serves the endpoint over TLS (server-authenticated only) on `listener`, forever.
 pub async fn serve_endpoint(node: Arc<MeshNode>, listener: TcpListener) -> std::io::Result<()> {
+    serve_endpoint_with(node, listener, None).await
+}
+
+/// Reads a request body of at most [`MAX_EXTENSION_BODY`] bytes.
+async fn read_body(body: hyper::body::Incoming) -> Result<Bytes, String> {
+    http_body_util::Limited::new(body, MAX_EXTENSION_BODY)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| format!("body: {e} (at most {MAX_EXTENSION_BODY} bytes)"))
+}
+
+async fn route(
+    node: &MeshNode,
+    extension: Option<&Extension>,
+    request: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    let Some(extension) = extension.filter(|_| request.uri().path() != ATTESTATION_PATH) else {
+        return answer(node, &request).await;
+    };
+    let (parts, body) = request.into_parts();
+    let body = match read_body(body).await {
+        Ok(body) => body,
+        Err(e) => {
+            let mut response = Response::new(Full::new(Bytes::from(
+                serde_json::json!({ "error": { "code": 413, "message": e } }).to_string(),
+            )));
+            *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            return response;
+        }
+    };
+    match extension(parts.method.clone(), parts.uri.path().to_owned(), body).await {
+        Some(response) => response,
+        None => answer(node, &Request::from_parts(parts, ())).await,
+    }
+}
+
+/// As [`serve_endpoint`], with more routes served by `extension`.
+pub async fn serve_endpoint_with(
+    node: Arc<MeshNode>,
+    listener: TcpListener,
+    extension: Option<Extension>,
+) -> std::io::Result<()> {
     let config =
         tls::server_config_without_client_auth(node.identity()).map_err(std::io::Error::other)?;
     let acceptor = TlsAcceptor::from(config);
     loop {
         let (tcp, remote) = listener.accept().await?;
-        let (acceptor, node) = (acceptor.clone(), node.clone());
+        let (acceptor, node, extension) = (acceptor.clone(), node.clone(), extension.clone());
         tokio::spawn(async move {
             let tls = match acceptor.accept(tcp).await {
                 Ok(tls) => tls,
@@ -133,8 +201,8 @@ pub async fn serve_endpoint(node: Arc<MeshNode>, listener: TcpListener) -> std::
                 }
             };
             let service = hyper::service::service_fn(move |request| {
-                let node = node.clone();
-                async move { Ok::<_, Infallible>(answer(&node, &request).await) }
+                let (node, extension) = (node.clone(), extension.clone());
+                async move { Ok::<_, Infallible>(route(&node, extension.as_ref(), request).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), service)
@@ -155,6 +223,8 @@ pub struct EndpointCheck {
     pub tls_spki_sha256: String,
     /// The nonce sent, hex.
     pub nonce: String,
+    /// The server's claims, vouched for by its evidence.
+    pub claims: BTreeMap<String, String>,
 }
 
 /// Connects to `https://host:port`, asks for evidence with a fresh nonce, and verifies it against
@@ -165,60 +235,18 @@ pub async fn check_endpoint(
     trust: &Trust,
     expect: Option<Role>,
 ) -> Result<EndpointCheck, MeshError> {
-    let authority = url
-        .strip_prefix("https://")
-        .ok_or_else(|| MeshError::Protocol(format!("{url:?}: only https:// URLs are attested")))?
-        .trim_end_matches('/');
-    if authority.is_empty() || authority.contains('/') {
-        return Err(MeshError::Protocol(format!(
-            "{url:?}: give https://HOST[:PORT] without a path"
-        )));
-    }
-    let addr = if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        authority.to_owned()
-    } else {
-        format!("{authority}:443")
-    };
-    let tcp = TcpStream::connect(&addr).await?;
-    let tls_stream = TlsConnector::from(tls::client_config(None)?)
-        .connect(tls::server_name(), tcp)
-        .await
-        .map_err(|e| MeshError::Tls(e.to_string()))?;
-    let spki = {
-        let (_, conn) = tls_stream.get_ref();
-        let cert = conn
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .ok_or_else(|| MeshError::Tls("the server presented no certificate".into()))?;
-        tls::spki_of(cert)?
-    };
+    let (addr, authority) = authority_of(url)?;
+    let (tls_stream, spki) = connect_tls(&addr).await?;
     let mut nonce = [0u8; 32];
     rustls::crypto::ring::default_provider()
         .secure_random
         .fill(&mut nonce)
         .map_err(|e| MeshError::Tls(format!("no randomness for the nonce: {e:?}")))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls_stream))
-        .await
-        .map_err(|e| MeshError::Io(e.to_string()))?;
-    tokio::spawn(connection);
     let request = Request::get(format!("{ATTESTATION_PATH}?nonce={}", hex::encode(nonce)))
-        .header(hyper::header::HOST, authority)
+        .header(hyper::header::HOST, &authority)
         .body(Full::new(Bytes::new()))
         .map_err(|e| MeshError::Protocol(e.to_string()))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| MeshError::Io(e.to_string()))?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| MeshError::Io(e.to_string()))?
-        .to_bytes();
+    let (status, body) = send(tls_stream, request).await?;
     if !status.is_success() {
         return Err(MeshError::Protocol(format!(
             "{url} answered {status}: {}",
@@ -246,12 +274,108 @@ pub async fn check_endpoint(
     let peer = trust.verify(
         answer.role,
         &answer.evidence,
-        endpoint_report_data(&nonce, &spki),
+        endpoint_report_data(&nonce, &spki, &answer.claims),
         now,
     )?;
     Ok(EndpointCheck {
         peer,
         tls_spki_sha256: hex::encode(crate::sha256(&spki)),
         nonce: hex::encode(nonce),
+        claims: answer.claims,
     })
+}
+
+/// `host:port` of an `https://HOST[:PORT]` URL (443 by default), and the authority as given.
+fn authority_of(url: &str) -> Result<(String, String), MeshError> {
+    let authority = url
+        .strip_prefix("https://")
+        .ok_or_else(|| MeshError::Protocol(format!("{url:?}: only https:// URLs are attested")))?
+        .trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') {
+        return Err(MeshError::Protocol(format!(
+            "{url:?}: give https://HOST[:PORT] without a path"
+        )));
+    }
+    let addr = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_owned()
+    } else {
+        format!("{authority}:443")
+    };
+    Ok((addr, authority.to_owned()))
+}
+
+/// A TLS connection to `addr` whose certificate is not checked here (the evidence is what
+/// authenticates the server), and the server's SubjectPublicKeyInfo.
+async fn connect_tls(
+    addr: &str,
+) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Vec<u8>), MeshError> {
+    let tcp = TcpStream::connect(&addr).await?;
+    let tls_stream = TlsConnector::from(tls::client_config(None)?)
+        .connect(tls::server_name(), tcp)
+        .await
+        .map_err(|e| MeshError::Tls(e.to_string()))?;
+    let spki = {
+        let (_, conn) = tls_stream.get_ref();
+        let cert = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| MeshError::Tls("the server presented no certificate".into()))?;
+        tls::spki_of(cert)?
+    };
+    Ok((tls_stream, spki))
+}
+
+/// One request to a server whose attestation endpoint was checked ([`check_endpoint`]): the
+/// connection is refused unless the server presents the TLS key that evidence bound
+/// (`tls_spki_sha256`, hex). How officers hand a share to the restoring KMS they verified.
+pub async fn request_attested(
+    url: &str,
+    tls_spki_sha256: &str,
+    method: hyper::Method,
+    path: &str,
+    body: Bytes,
+) -> Result<(StatusCode, Bytes), MeshError> {
+    let (addr, authority) = authority_of(url)?;
+    let (tls_stream, spki) = connect_tls(&addr).await?;
+    let got = hex::encode(crate::sha256(&spki));
+    if got != tls_spki_sha256 {
+        // Another key than the attested one: the connection is not to the server checked.
+        return Err(MeshError::SessionBindingMismatch {
+            expected: tls_spki_sha256.to_owned(),
+            got,
+        });
+    }
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, authority)
+        .body(Full::new(body))
+        .map_err(|e| MeshError::Protocol(e.to_string()))?;
+    send(tls_stream, request).await
+}
+
+/// Sends one HTTP/1.1 request on `tls_stream` and reads the whole answer.
+async fn send(
+    tls_stream: tokio_rustls::client::TlsStream<TcpStream>,
+    request: Request<Full<Bytes>>,
+) -> Result<(StatusCode, Bytes), MeshError> {
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls_stream))
+        .await
+        .map_err(|e| MeshError::Io(e.to_string()))?;
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| MeshError::Io(e.to_string()))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| MeshError::Io(e.to_string()))?
+        .to_bytes();
+    Ok((status, body))
 }

@@ -85,6 +85,9 @@ pub struct MeshNode {
     client: Arc<rustls::ClientConfig>,
     attestations: Arc<tokio::sync::Semaphore>,
     attestation_limit: usize,
+    /// What the node states about itself on its attestation endpoint, bound into that evidence
+    /// ([`crate::binding::endpoint_report_data`]); set by the service when it knows them.
+    claims: std::sync::RwLock<std::collections::BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for MeshNode {
@@ -123,7 +126,24 @@ impl MeshNode {
             identity,
             attestations: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_ATTESTATIONS)),
             attestation_limit: MAX_CONCURRENT_ATTESTATIONS,
+            claims: std::sync::RwLock::new(std::collections::BTreeMap::new()),
         })
+    }
+
+    /// Sets the claims the attestation endpoint states and binds into each answer's evidence
+    /// (the KMS: its audit-signer key; while restoring, its recovery recipient). Each answer
+    /// carries the claims current when it was made, bound to its own nonce.
+    pub fn set_claims(&self, claims: std::collections::BTreeMap<String, String>) {
+        // A poisoned lock only means a writer panicked; the map is replaced whole.
+        *self.claims.write().unwrap_or_else(|p| p.into_inner()) = claims;
+    }
+
+    /// The claims set with [`MeshNode::set_claims`] (empty if none).
+    pub fn claims(&self) -> std::collections::BTreeMap<String, String> {
+        self.claims
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Lets at most `limit` evidence requests run at once (at least 1); more are refused with

@@ -49,6 +49,13 @@ pub struct LaunchOptions {
     pub state_dir: PathBuf,
     /// The deployment to launch into, if any (see [`DeploymentLaunch`]).
     pub deployment: Option<DeploymentLaunch>,
+    /// The data disk for an image that needs one (`data_disk_mib` in its manifest); default
+    /// [`state::data_disk`], kept across runs. Created (sparse) when missing.
+    pub data_disk: Option<PathBuf>,
+    /// For a kms image on a blank data disk: join the KMS at this mesh address (a replica, or
+    /// the next image version) instead of starting a new root key. Written to the disk as a
+    /// hint ([`coffer_types::JOIN_HINT_OFFSET`]).
+    pub kms_join: Option<String>,
 }
 
 /// Boots the image in the background (QEMU daemonizes once its devices are set up, so
@@ -151,11 +158,77 @@ pub fn launch(options: &LaunchOptions) -> Result<VmRecord, LaunchError> {
         };
         args.extend(deploy::qemu_args(&disk, sim_socket));
     }
+    if options.kms_join.is_some() && manifest.data_disk_mib.is_none() {
+        return Err(LaunchError::Qemu(format!(
+            "--kms-join: the {} image keeps no state to join",
+            manifest.role
+        )));
+    }
+    if let Some(mib) = manifest.data_disk_mib {
+        let disk = options
+            .data_disk
+            .clone()
+            .unwrap_or_else(|| state::data_disk(&options.state_dir, &name));
+        prepare_data_disk(&disk, mib)?;
+        if let Some(address) = &options.kms_join {
+            write_join_hint(&disk, address)?;
+        }
+        args.extend(data_disk_args(&disk));
+    }
     // A simulated secure processor started above must not outlive a QEMU that did not start.
     let pid = start_qemu(&args, &record, &pid_file).inspect_err(|_| stop_sim(&record))?;
     let record = VmRecord { pid, ..record };
     state::save(&options.state_dir, &record)?;
     Ok(record)
+}
+
+/// Creates the data disk (sparse, `mib` MiB) if it does not exist. An existing one is used as it
+/// is, whatever its size: it holds state, and nothing here may lose it.
+fn prepare_data_disk(disk: &Path, mib: u32) -> Result<(), LaunchError> {
+    if disk.exists() {
+        return Ok(());
+    }
+    if let Some(dir) = disk.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| LaunchError::io(dir, e))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(disk)
+        .map_err(|e| LaunchError::io(disk, e))?;
+    file.set_len(u64::from(mib) << 20)
+        .map_err(|e| LaunchError::io(disk, e))
+}
+
+/// Leaves the join hint on a blank data disk; refuses a disk that already holds state (a join
+/// would not happen, and the user should know).
+fn write_join_hint(disk: &Path, address: &str) -> Result<(), LaunchError> {
+    let mut header = [0u8; 64];
+    std::fs::File::open(disk)
+        .and_then(|file| std::os::unix::fs::FileExt::read_exact_at(&file, &mut header, 0))
+        .map_err(|e| LaunchError::io(disk, e))?;
+    if header.iter().any(|&b| b != 0) {
+        return Err(LaunchError::Qemu(format!(
+            "--kms-join: the data disk {} already holds a KMS state; a join applies only to a blank disk",
+            disk.display()
+        )));
+    }
+    coffer_types::write_join_hint(disk, address).map_err(|e| LaunchError::io(disk, e))
+}
+
+/// QEMU arguments that attach the data disk. QEMU turns the guest's flushes into `fsync` of
+/// the file (the default writeback cache honours them), and locks the file so two VMs never
+/// share it.
+fn data_disk_args(disk: &Path) -> Vec<String> {
+    vec![
+        "-drive".into(),
+        format!("file={},if=none,id=cofferdata,format=raw", disk.display()),
+        "-device".into(),
+        format!(
+            "virtio-blk-pci,drive=cofferdata,serial={}",
+            coffer_types::DATA_DISK_SERIAL
+        ),
+    ]
 }
 
 fn qemu_args(

@@ -98,6 +98,12 @@ pub fn vm_dir(state: &Path, name: &str) -> PathBuf {
     state.join("vms").join(name)
 }
 
+/// The default data disk of the VM called `name`: outside its VM directory, so `coffer stop`
+/// and a new `coffer run` of the same name keep it.
+pub fn data_disk(state: &Path, name: &str) -> PathBuf {
+    state.join("disks").join(format!("{name}.img"))
+}
+
 /// Reads a VM's record, if there is one.
 pub fn load(state: &Path, name: &str) -> Option<VmRecord> {
     let bytes = std::fs::read(vm_dir(state, name).join("vm.json")).ok()?;

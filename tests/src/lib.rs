@@ -226,6 +226,14 @@ impl Drop for Vm {
     }
 }
 
+/// A TCP port free on the host right now (for a VM's port forward).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// A name unique to this test process.
 pub fn unique(name: &str) -> String {
     format!("{name}-{}", std::process::id())

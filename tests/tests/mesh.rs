@@ -7,16 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use coffer_tests::{build_image, checkout, run, unique, Vm};
+use coffer_tests::{build_image, checkout, free_port, run, unique, Vm};
 use coffer_types::Role;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn deployment(
     state: &std::path::Path,

@@ -223,7 +223,7 @@ fn a_vm_that_dies_before_it_is_healthy_is_reported_with_its_serial_log() {
     assert!(
         outcome
             .stderr
-            .contains("FAIL-STOP: critical service 'kms' exited 2 times within 60s"),
+            .contains("FAIL-STOP: critical service 'health' exited 2 times within 60s"),
         "{outcome:?}"
     );
 }

@@ -161,7 +161,54 @@ pub struct Deployment {
     pub session_max_age_secs: u64,
     /// Who bootstraps the control plane.
     pub bootstrap: Bootstrap,
+    /// The KMS's settings; without them the KMS accepts no credential (every request is denied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms: Option<KmsSettings>,
 }
+
+/// The KMS's part of the manifest: bound to every VM like the rest, so the host cannot swap an
+/// issuer key or a recovery officer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmsSettings {
+    /// Who may sign identity tokens and job grants: `coffer_kms::AuthzConfig` as JSON (issuers
+    /// with their keys, lifetimes, clock skew). Checked in full by the KMS at start and by
+    /// `coffer deployment init`; here only its shape.
+    pub authz: serde_json::Value,
+    /// k-of-n recovery of the KMS root key, if wanted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryPolicy>,
+}
+
+/// Who can restore the KMS root key: any `threshold` of the `officers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryPolicy {
+    /// How many officers' shares restore the root key.
+    pub threshold: u8,
+    /// The officers' public keys: age X25519 recipients (`age1...`), one share each.
+    pub officers: Vec<String>,
+    /// Set to restore the root key of an earlier split: a KMS that starts on a blank data disk
+    /// then waits for `threshold` shares of that split instead of generating a root key, and
+    /// accepts only the root key with this commitment. Copied from the recovery kit and
+    /// confirmed by the officers (each share names its split and commitment). Bound like the
+    /// rest of the manifest, so the host cannot make a KMS accept a root key of its choosing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreFrom>,
+}
+
+/// The split a restoring KMS accepts shares of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreFrom {
+    /// The split's id, 32 hex digits.
+    pub split_id: String,
+    /// The root key's commitment, 64 hex digits.
+    pub commitment: String,
+}
+
+/// The most recovery officers a policy may name.
+pub const MAX_RECOVERY_OFFICERS: usize = 16;
 
 /// Why a manifest is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -282,7 +329,56 @@ impl Deployment {
         if self.session_max_age_secs == 0 {
             return invalid("session_max_age_secs", "must be at least 1".into());
         }
+        if let Some(kms) = &self.kms {
+            if !kms.authz.is_object() {
+                return invalid("kms.authz", "must be an object (an AuthzConfig)".into());
+            }
+            if let Some(recovery) = &kms.recovery {
+                let n = recovery.officers.len();
+                if n == 0 || n > MAX_RECOVERY_OFFICERS {
+                    return invalid(
+                        "kms.recovery.officers",
+                        format!("{n} officers: give 1 to {MAX_RECOVERY_OFFICERS}"),
+                    );
+                }
+                if recovery.threshold == 0 || usize::from(recovery.threshold) > n {
+                    return invalid(
+                        "kms.recovery.threshold",
+                        format!(
+                            "{} is not within 1..={n} (the officers)",
+                            recovery.threshold
+                        ),
+                    );
+                }
+                if let Some(restore) = &recovery.restore {
+                    if restore.split_id.len() != 32 || hex_bytes(&restore.split_id).is_none() {
+                        return invalid(
+                            "kms.recovery.restore.split_id",
+                            format!("{:?} is not 32 hex digits", restore.split_id),
+                        );
+                    }
+                    if restore.commitment.len() != 64 || hex_bytes(&restore.commitment).is_none() {
+                        return invalid(
+                            "kms.recovery.restore.commitment",
+                            format!("{:?} is not 64 hex digits", restore.commitment),
+                        );
+                    }
+                }
+                if let Some(bad) = recovery.officers.iter().find(|o| !o.starts_with("age1")) {
+                    return invalid(
+                        "kms.recovery.officers",
+                        format!("{bad:?} is not an age X25519 recipient (age1...)"),
+                    );
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The origin line of the deployment's audit log (C2SP checkpoints):
+    /// `coffer/<deployment id>/audit`. The KMS co-signs its checkpoints as `<origin>/kms`.
+    pub fn audit_log_origin(&self) -> String {
+        format!("coffer/{}/audit", self.deployment_id)
     }
 
     /// The measurements pinned for `role`, decoded (empty if the role has no pins).
@@ -336,6 +432,7 @@ mod tests {
                 org: "acme".into(),
                 admin: "admin@acme.example".into(),
             },
+            kms: None,
         }
     }
 
@@ -375,6 +472,38 @@ mod tests {
         let mut d = sample();
         d.session_max_age_secs = 0;
         assert_eq!(field_of(d), "session_max_age_secs");
+        let kms = |threshold, officers: &[&str]| KmsSettings {
+            authz: serde_json::json!({"issuers": []}),
+            recovery: Some(RecoveryPolicy {
+                threshold,
+                officers: officers.iter().map(|o| o.to_string()).collect(),
+                restore: None,
+            }),
+        };
+        let mut d = sample();
+        d.kms = Some(kms(2, &["age1aaa", "age1bbb"]));
+        d.validate().unwrap();
+        d.kms.as_mut().unwrap().authz = serde_json::json!([]);
+        assert_eq!(field_of(d), "kms.authz");
+        let mut d = sample();
+        d.kms = Some(kms(3, &["age1aaa", "age1bbb"]));
+        assert_eq!(field_of(d), "kms.recovery.threshold");
+        let mut d = sample();
+        d.kms = Some(kms(0, &["age1aaa"]));
+        assert_eq!(field_of(d), "kms.recovery.threshold");
+        let mut d = sample();
+        d.kms = Some(kms(1, &["ssh-ed25519 AAAA"]));
+        assert_eq!(field_of(d), "kms.recovery.officers");
+        let mut d = sample();
+        d.kms = Some(kms(1, &[]));
+        assert_eq!(field_of(d), "kms.recovery.officers");
+        let mut d = sample();
+        d.kms = Some(kms(1, &["age1aaa"]));
+        d.kms.as_mut().unwrap().recovery.as_mut().unwrap().restore = Some(RestoreFrom {
+            split_id: "00".repeat(16),
+            commitment: "zz".repeat(32),
+        });
+        assert_eq!(field_of(d), "kms.recovery.restore.commitment");
         assert!(matches!(
             Deployment::from_json(b"{\"format_version\": 1}"),
             Err(DeploymentError::Syntax(_))

@@ -175,6 +175,90 @@ pub struct ImageManifest {
     pub ports: Vec<PortSpec>,
     /// The guest port of the health endpoint (`GET /healthz`).
     pub health_port: u16,
+    /// The persistent data disk the image needs, in MiB: a launcher attaches one (serial
+    /// [`DATA_DISK_SERIAL`]) and keeps it across runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_disk_mib: Option<u32>,
+}
+
+/// Serial number of the virtio-blk data disk that holds an appliance's persistent state (the
+/// KMS store). The host sees only ciphertext on it.
+pub const DATA_DISK_SERIAL: &str = "coffer-data";
+
+/// Where, on a blank data disk, a launcher may leave a **join hint**: the mesh address of a KMS
+/// that the new KMS should join (replica or upgrade) instead of starting a new root key. Bytes
+/// `64..` of the disk: [`JOIN_HINT_MAGIC`], a u16 little-endian length, the address. Untrusted
+/// (the host wrote it): a false hint can only make the KMS join another pinned KMS of the same
+/// deployment, or start empty, never release anything.
+pub const JOIN_HINT_OFFSET: u64 = 64;
+/// Magic of the join hint.
+pub const JOIN_HINT_MAGIC: &[u8; 8] = b"COFJOIN1";
+/// The longest join hint address.
+pub const MAX_JOIN_HINT: usize = 255;
+
+/// Writes a join hint for `address` into the data disk `disk` (see [`JOIN_HINT_OFFSET`]).
+pub fn write_join_hint(disk: &std::path::Path, address: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = u16::try_from(address.len())
+        .ok()
+        .filter(|&n| usize::from(n) <= MAX_JOIN_HINT && n > 0)
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "join address of {} bytes (1..={MAX_JOIN_HINT})",
+                    address.len()
+                ),
+            )
+        })?;
+    let mut hint = JOIN_HINT_MAGIC.to_vec();
+    hint.extend_from_slice(&len.to_le_bytes());
+    hint.extend_from_slice(address.as_bytes());
+    let file = std::fs::OpenOptions::new().write(true).open(disk)?;
+    file.write_all_at(&hint, JOIN_HINT_OFFSET)?;
+    file.sync_all()
+}
+
+/// Reads the join hint of the data disk `disk`, if it has one.
+pub fn read_join_hint(disk: &std::path::Path) -> std::io::Result<Option<String>> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(disk)?;
+    let mut raw = [0u8; 10 + MAX_JOIN_HINT];
+    file.read_exact_at(&mut raw, JOIN_HINT_OFFSET)?;
+    if &raw[..8] != JOIN_HINT_MAGIC {
+        return Ok(None);
+    }
+    let len = usize::from(u16::from_le_bytes([raw[8], raw[9]]));
+    let address = raw
+        .get(10..10 + len)
+        .filter(|_| len > 0)
+        .and_then(|a| std::str::from_utf8(a).ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("join hint of length {len} is not 1..={MAX_JOIN_HINT} bytes of UTF-8"),
+            )
+        })?;
+    Ok(Some(address.to_owned()))
+}
+
+/// Where the init links the data disk's device inside a running appliance.
+pub const DATA_DISK_RUNTIME_PATH: &str = "/run/coffer/data-disk";
+
+/// `/dev/<name>` of the block device whose serial (in `sys_block/<name>/serial`, normally
+/// `/sys/block`) is `serial`. Serials are how the launcher names its disks: device names
+/// depend on probe order.
+pub fn find_disk_by_serial(
+    sys_block: &std::path::Path,
+    serial: &str,
+) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(sys_block)
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let found = std::fs::read_to_string(entry.path().join("serial")).ok()?;
+            (found.trim() == serial).then(|| std::path::Path::new("/dev").join(entry.file_name()))
+        })
 }
 
 /// A named file and its sha256.

@@ -74,5 +74,6 @@ pub fn sim_deployment(
             org: "acme".into(),
             admin: "admin@acme.example".into(),
         },
+        kms: None,
     })
 }

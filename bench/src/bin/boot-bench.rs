@@ -122,6 +122,8 @@ fn launch(image: &Path, state: &Path, name: &str) -> anyhow::Result<(VmRecord, I
         ports: Vec::new(),
         state_dir: state.to_path_buf(),
         deployment: None,
+        data_disk: None,
+        kms_join: None,
     })?;
     Ok((vm, started))
 }

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! The test kills it with SIGKILL at random points and checks that everything printed survived.
-//! Usage: `kms-crash-writer STORE SIM_DIR MEASUREMENT_HEX`.
+//! Usage: `kms-crash-writer STORE SIM_DIR MEASUREMENT_HEX`; STORE is a file, or `disk:PATH` for
+//! a data disk (a raw device or a fixed-size file, see `coffer_kms::store::disk`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use coffer_kms::rollback::Unanchored;
+use coffer_kms::store::Location;
 use coffer_kms::{Kms, OrgId};
 use coffer_sim::{SimGuest, SimRoot, SimService};
 use sha2::{Digest, Sha256};
@@ -39,8 +41,12 @@ fn main() -> anyhow::Result<()> {
         },
     );
     // Crash safety, not rollback, is under test here: no anchor.
+    let location = match store.strip_prefix("disk:") {
+        Some(device) => Location::Disk(PathBuf::from(device)),
+        None => Location::File(PathBuf::from(store)),
+    };
     let mut kms = Kms::open(
-        &PathBuf::from(store),
+        location.clone(),
         &platform,
         Box::new(Unanchored::accepting_rollback()),
     )

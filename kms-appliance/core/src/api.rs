@@ -10,6 +10,8 @@
 //! | `GET` | `/v1/orgs/{org}/keys` | none | 200 `{"org": OrgKeyInfo, "data_keys": [{key_id, kek_version, created_at}]}` |
 //! | `POST` | `/v1/orgs/{org}/data-keys` | `{"workspace": "..."}` | 201 `{"key_id", "plaintext", "wrapped"}` |
 //! | `POST` | `/v1/orgs/{org}/data-keys/{key_id}/unwrap` | `{"wrapped": WrappedDataKey}` | 200 `{"key_id", "plaintext"}` |
+//! | `POST` | `/v1/replica/snapshot` | none | 200 [`Snapshot`](crate::Snapshot): root key and state, to an attested, pinned **kms** peer only (a joining replica or upgraded image) |
+//! | `GET` | `/v1/peer` | none | 200 `{"peer_role", "peer_measurement"}`: the caller as attested (no credential, nothing released) |
 //!
 //! `plaintext` is the 32-byte key in standard base64 (padded); `wrapped` is a
 //! [`WrappedDataKey`] as JSON (ciphertext in hex), which the caller keeps and sends back as is.
@@ -73,7 +75,15 @@ use crate::KEY_LEN;
 
 mod audit;
 
-pub use self::audit::{AuditError, AuditSink, MemoryAuditSink};
+pub use self::audit::{AuditError, AuditSink, LogAuditSink, MemoryAuditSink};
+
+/// `GET`: the caller's attested role and measurement as the KMS saw them (diagnostics; no
+/// credential needed, nothing released, not audited).
+pub const PEER_PATH: &str = "/v1/peer";
+
+/// `POST`: the root key and state, for a joining replica (a pinned kms only; audited). See
+/// [`crate::kms::replica`].
+pub const REPLICA_SNAPSHOT_PATH: &str = "/v1/replica/snapshot";
 
 /// The header that carries an executor's job grant.
 pub const JOB_GRANT_HEADER: &str = "coffer-job-grant";
@@ -176,7 +186,7 @@ fn kms_error(error: KmsError) -> ApiError {
             tracing::error!(error = %message, "kms store failure");
             ApiError::internal("store_error")
         }
-        KmsError::Key(_) | KmsError::Record { .. } => {
+        KmsError::Key(_) | KmsError::Record { .. } | KmsError::Recovery(_) => {
             tracing::error!(error = %message, "kms internal failure");
             ApiError::internal("kms_error")
         }
@@ -202,6 +212,15 @@ fn json_value<T: Serialize>(status: StatusCode, value: &T) -> Result<Response<Bo
 
 /// A response carrying a data key in the clear: base64 and body in zeroizing buffers, the body
 /// handed to hyper as bytes that own (and on drop wipe) that buffer. Never cached.
+/// A response whose body holds a secret: wiped when hyper drops it, never cached.
+fn secret_response(status: StatusCode, body: Zeroizing<Vec<u8>>) -> Response<Body> {
+    let mut response = json_response(status, Bytes::from_owner(body));
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 fn plaintext_response(
     status: StatusCode,
     key: &DataKey,
@@ -228,11 +247,7 @@ fn plaintext_response(
         },
     )
     .map_err(|_| ApiError::internal("encode_error"))?;
-    let mut response = json_response(status, Bytes::from_owner(body));
-    response
-        .headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    Ok(secret_response(status, body))
 }
 
 /// What the route asks for, parsed and checked, before the decision.
@@ -442,6 +457,19 @@ impl KmsApi {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let (parts, body) = request.into_parts();
+        if parts.uri.path() == PEER_PATH && parts.method == Method::GET {
+            // The caller's own attested identity, as this KMS saw it: releases nothing.
+            return json_value(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "peer_role": peer.role,
+                    "peer_measurement": hex::encode(peer.measurement),
+                }),
+            );
+        }
+        if parts.uri.path() == REPLICA_SNAPSHOT_PATH {
+            return self.replica_snapshot(&parts.method, peer).await;
+        }
         let call = self.parse(&parts.method, parts.uri.path(), body).await?;
         let credential = credential(&parts.headers)?;
         let decision = self.authorizer.authorize(
@@ -467,6 +495,47 @@ impl KmsApi {
             ));
         }
         self.execute(call).await
+    }
+
+    /// `POST /v1/replica/snapshot`: the root key and state, to a pinned kms only.
+    async fn replica_snapshot(
+        &self,
+        method: &Method,
+        peer: &PeerIdentity,
+    ) -> Result<Response<Body>, ApiError> {
+        if method != Method::POST {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("method {method} is not allowed on this route"),
+            ));
+        }
+        let decision = self
+            .authorizer
+            .authorize_replica(Some(&AttestedPeer::from(peer)), SystemTime::now());
+        self.record(decision.audit())?;
+        if let Some(denial) = decision.denial() {
+            tracing::warn!(peer_role = %peer.role, reason = denial.reason.code(), "replica snapshot denied");
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                denial.reason.code(),
+                denial.message.clone(),
+            ));
+        }
+        let snapshot = self.kms.lock().await.export_snapshot().map_err(|e| {
+            tracing::error!(error = %e, "cannot export the replica snapshot");
+            ApiError::internal("snapshot_failed")
+        })?;
+        let body = snapshot.to_json().map_err(|e| {
+            tracing::error!(error = %e, "cannot encode the replica snapshot");
+            ApiError::internal("snapshot_failed")
+        })?;
+        tracing::info!(
+            peer_measurement = %hex::encode(peer.measurement),
+            records = snapshot.records(),
+            "root key and state handed to a pinned kms replica"
+        );
+        Ok(secret_response(StatusCode::OK, body))
     }
 
     fn record(&self, event: &AuditEvent) -> Result<(), ApiError> {

@@ -137,28 +137,52 @@ impl Authorizer {
             Request::UnwrapDataKey { key_id, .. } => (None, Some(key_id.as_str().to_owned())),
             _ => (None, None),
         };
-        let audit = AuditEvent {
-            time: now,
-            peer_role: peer.map(|p| p.role),
-            peer_measurement: peer.map(|p| hex::encode(p.measurement)),
-            subject: verified.subject,
-            issuer: verified.issuer,
-            credential_id: verified.credential_id,
-            operation: request.operation(),
-            org: request.org().as_str().to_owned(),
-            workspace,
-            key_id,
-            outcome: if denial.is_some() {
-                Outcome::Denied
-            } else {
-                Outcome::Allowed
-            },
-            reason: denial.as_ref().map(|d| d.reason),
-            message: denial.as_ref().map_or_else(
-                || format!("{:?} on org {} allowed", request.operation(), request.org()),
-                |d| d.message.clone(),
-            ),
+        let mut audit = event(
+            now,
+            peer,
+            request.operation(),
+            request.org().as_str(),
+            denial.as_ref(),
+            || format!("{:?} on org {} allowed", request.operation(), request.org()),
+        );
+        audit.subject = verified.subject;
+        audit.issuer = verified.issuer;
+        audit.credential_id = verified.credential_id;
+        audit.workspace = workspace;
+        audit.key_id = key_id;
+        Decision { denial, audit }
+    }
+
+    /// Decides whether `peer` may receive this KMS's root key and state to become a replica (or
+    /// the upgraded kms image): only an attested peer whose measurement is pinned for the
+    /// **kms** role. No user credential takes part: pinning a kms measurement in the deployment
+    /// manifest is the authorisation (an upgrade adds the new image's pins first). The event's
+    /// org is `*`: the whole KMS.
+    pub fn authorize_replica(&self, peer: Option<&AttestedPeer>, now: SystemTime) -> Decision {
+        let now = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let denial = match peer {
+            None => Some(Denial::new(
+                Reason::PeerNotAttested,
+                "peer: expected an attested kms with a pinned measurement, got none",
+            )),
+            Some(p) if p.role != Role::Kms => Some(Denial::new(
+                Reason::PeerRoleNotAllowed,
+                format!("peer role: expected kms (a replica), got {}", p.role),
+            )),
+            Some(_) => None,
         };
+        let mut audit = event(
+            now,
+            peer,
+            Operation::ReplicaSnapshot,
+            "*",
+            denial.as_ref(),
+            || "root key and state handed to a pinned kms replica".to_owned(),
+        );
+        audit.subject = peer.map(|p| format!("kms:{}", hex::encode(p.measurement)));
         Decision { denial, audit }
     }
 
@@ -226,6 +250,37 @@ impl Authorizer {
                 format!("peer role: expected client or executor, got {other}"),
             )),
         }
+    }
+}
+
+/// The audit event of a decision on `operation` for `org` by `peer` at `now`; `allowed` says
+/// what was allowed. Subject, issuer, credential, workspace and key are the caller's to fill.
+fn event(
+    now: u64,
+    peer: Option<&AttestedPeer>,
+    operation: Operation,
+    org: &str,
+    denial: Option<&Denial>,
+    allowed: impl FnOnce() -> String,
+) -> AuditEvent {
+    AuditEvent {
+        time: now,
+        peer_role: peer.map(|p| p.role),
+        peer_measurement: peer.map(|p| hex::encode(p.measurement)),
+        subject: None,
+        issuer: None,
+        credential_id: None,
+        operation,
+        org: org.to_owned(),
+        workspace: None,
+        key_id: None,
+        outcome: if denial.is_some() {
+            Outcome::Denied
+        } else {
+            Outcome::Allowed
+        },
+        reason: denial.map(|d| d.reason),
+        message: denial.map_or_else(allowed, |d| d.message.clone()),
     }
 }
 

@@ -7,14 +7,13 @@
 //! unwrapped per call and dropped (wiped) after it.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use coffer_evidence::EvidenceProvider;
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{DataKey, Kek, KeyError, KeyId, OrgId, RootKey, WrappedDataKey, WrappedKek};
 use crate::rollback::VersionAnchor;
-use crate::store::{Batch, SealingKey, Store, StoreError, Table, Verified};
+use crate::store::{Batch, Location, SealingKey, Store, StoreError, Table, Verified};
 
 const ROOT_KEY: &str = "root";
 
@@ -83,6 +82,9 @@ pub enum KmsError {
         /// What is wrong.
         reason: String,
     },
+    /// Splitting or restoring the root key failed.
+    #[error(transparent)]
+    Recovery(#[from] crate::recovery::RecoveryError),
 }
 
 /// The status of one KEK version.
@@ -164,6 +166,8 @@ pub struct Kms {
     root: RootKey,
     orgs: BTreeMap<OrgId, OrgKeyInfo>,
     keks: BTreeMap<(OrgId, u32), WrappedKek>,
+    /// The last audit checkpoint signed, read at open ([`checkpoint_state`]).
+    audit_checkpoint: Option<crate::checkpoint::SignedCheckpoint>,
 }
 
 impl std::fmt::Debug for Kms {
@@ -181,20 +185,20 @@ impl Kms {
     /// guest's platform sealing key and checked against `anchor`. Refuses a store that is
     /// tampered, rolled back or sealed by another image.
     pub fn open(
-        path: &Path,
+        location: impl Into<Location>,
         platform: &dyn EvidenceProvider,
         anchor: Box<dyn VersionAnchor>,
     ) -> Result<Self, KmsError> {
-        Self::open_with_key(path, SealingKey::from_platform(platform)?, anchor)
+        Self::open_with_key(location, SealingKey::from_platform(platform)?, anchor)
     }
 
     /// As [`Kms::open`], with the sealing key already derived.
     pub fn open_with_key(
-        path: &Path,
+        location: impl Into<Location>,
         sealing: SealingKey,
         anchor: Box<dyn VersionAnchor>,
     ) -> Result<Self, KmsError> {
-        let mut store = Store::open(path, sealing, anchor)?;
+        let mut store = Store::open(location, sealing, anchor)?;
         let root = match store.get(Table::Meta, ROOT_KEY)? {
             Some(bytes) => RootKey::from_bytes(&bytes)?,
             None => {
@@ -238,6 +242,7 @@ impl Kms {
             keks.insert((wrapped.org.clone(), wrapped.version), wrapped);
         }
         Ok(Self {
+            audit_checkpoint: checkpoint_state::load(&store)?,
             store,
             root,
             orgs,
@@ -512,5 +517,8 @@ impl Kms {
     }
 }
 
+mod checkpoint_state;
+mod recovery_kit;
+pub mod replica;
 #[cfg(test)]
 mod tests;

@@ -1,18 +1,27 @@
 //! `coffer-kms`: the core of the KMS appliance: the key hierarchy, its state sealed on
-//! untrusted storage, and the rollback defence. A library: the appliance binary and the
-//! attested API over the mesh come in the next steps of issue 5.
+//! untrusted storage, the rollback defence, the API over the attested mesh, replicas and
+//! recovery. The kms image's `kms-serve` (`kms-appliance/src/serve.rs`) runs it.
 //!
 //! **Owns:**
 //! - [`keys`]: the root key (OS CSPRNG, generated at first start), per-org KEKs with versions
 //!   (create, rotate, retire a previous version, destroy every version = crypto-shredding), and
 //!   data keys returned in the clear and wrapped (AES-256-GCM, associated data binding org, key
 //!   id and KEK version). Key bytes only in zeroizing types; no `Debug` prints them.
-//! - [`store`]: the KMS state in a [`redb`] file, every record AES-256-GCM-sealed under the
-//!   platform sealing key with associated data binding table, key and format; a state version
-//!   raised by every durable commit, and a [`digest`] of the whole record set.
+//! - [`store`]: the KMS state in a [`redb`] file or on a raw data disk ([`store::disk`]), every
+//!   record AES-256-GCM-sealed under the platform sealing key with associated data binding
+//!   table, key and format; a state version raised by every durable commit, and a [`digest`] of
+//!   the whole record set.
+//! - [`Snapshot`] (`Kms::export_snapshot` / `Kms::join`): root key and records handed to a
+//!   joining, pinned kms (replica or upgrade); `Kms::export_backup` / `Kms::restore`: the
+//!   records sealed under a root-derived key, restored with the officers' root key.
 //! - [`rollback`]: the [`VersionAnchor`](rollback::VersionAnchor) checked at open; a TPM NV
 //!   counter implementation behind feature `tpm`.
 //! - [`Kms`]: the operations, each one durable commit before it returns.
+//! - [`checkpoint`]: the audit log's checkpoint co-signer (Ed25519 key derived from the root
+//!   key; signs a checkpoint only if consistent with the last it signed, recorded before the
+//!   signature is returned).
+//! - [`recovery`]: k-of-n recovery of the root key: Shamir shares age-encrypted to recovery
+//!   officers, and the restore session of a fresh KMS that checks and combines them.
 //!
 //! **Trusts:** the platform's sealing key (`EvidenceProvider::sealing_key`, bound to this
 //! image's measurement and policy), the OS CSPRNG, the rollback anchor where there is one, and
@@ -41,16 +50,19 @@
 
 pub mod api;
 pub mod authz;
+pub mod checkpoint;
 mod crypto;
 pub mod digest;
 pub mod keys;
 mod kms;
+pub mod recovery;
 pub mod rollback;
 pub mod store;
 
-pub use api::{AuditSink, KmsApi, MemoryAuditSink};
+pub use api::{AuditSink, KmsApi, LogAuditSink, MemoryAuditSink};
 pub use authz::{Authorizer, AuthzConfig, Decision};
 pub use crypto::KEY_LEN;
 pub use keys::{DataKey, KeyError, KeyId, OrgId, WrappedDataKey};
+pub use kms::replica::Snapshot;
 pub use kms::{DataKeyInfo, KekState, KekVersionInfo, Kms, KmsError, OrgKeyInfo};
 pub use store::{SealingKey, StoreError};

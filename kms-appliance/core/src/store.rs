@@ -40,6 +40,40 @@ use crate::crypto::{self, AeadFailure, KEY_LEN};
 use crate::digest::StateDigest;
 use crate::rollback::{self, AnchorError, Verdict, VersionAnchor};
 
+pub mod disk;
+
+use self::disk::{DiskBackend, DiskError, Status};
+
+/// Where a store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A file in a filesystem (tests, tools, hosts).
+    File(PathBuf),
+    /// A raw block device, the appliance's data disk ([`disk`]): no filesystem.
+    Disk(PathBuf),
+}
+
+impl Location {
+    /// The file or device.
+    pub fn path(&self) -> &Path {
+        match self {
+            Location::File(p) | Location::Disk(p) => p,
+        }
+    }
+}
+
+impl From<&Path> for Location {
+    fn from(path: &Path) -> Self {
+        Location::File(path.to_owned())
+    }
+}
+
+impl From<&PathBuf> for Location {
+    fn from(path: &PathBuf) -> Self {
+        Location::File(path.clone())
+    }
+}
+
 /// The context of the platform sealing key for the KMS state.
 pub const SEALING_CONTEXT: &[u8] = b"coffer-kms state v1";
 /// The format byte of every sealed record this version writes.
@@ -70,6 +104,11 @@ pub enum Table {
 }
 
 impl Table {
+    /// The table called `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+
     /// Every sealed table.
     pub const ALL: [Table; 4] = [Table::Meta, Table::Orgs, Table::Keks, Table::Deks];
 
@@ -132,6 +171,9 @@ pub enum StoreError {
         /// How many records were found.
         records: usize,
     },
+    /// The data disk cannot be used.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
     /// The store is older than the anchor.
     #[error("{path} was rolled back: state version {state} < anchor {anchor} ({anchor_name}); refusing to serve from it")]
     RolledBack {
@@ -202,7 +244,7 @@ impl SealingKey {
     pub fn id(&self) -> [u8; 16] {
         let hash = Sha256::new()
             .chain_update(SEALING_KEY_ID_LABEL)
-            .chain_update(self.key.as_ref())
+            .chain_update(&self.key[..])
             .finalize();
         let mut id = [0u8; 16];
         id.copy_from_slice(&hash[..16]);
@@ -378,16 +420,7 @@ fn create_file(
     sealing: &SealingKey,
     anchor: &mut dyn VersionAnchor,
 ) -> Result<(), StoreError> {
-    if let Some(version) = anchor.read()? {
-        return Err(StoreError::StateMissing {
-            path: path.to_owned(),
-            anchor: version,
-            anchor_name: anchor.describe(),
-        });
-    }
-    // The anchor is set first and the store starts at its value: a TPM counter's first value
-    // is not ours to choose.
-    let version = anchor.advance_to(1)?;
+    let version = first_version(path, anchor)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -399,8 +432,61 @@ fn create_file(
             .map_err(io_error(&staging, "removing an unfinished store"))?;
     }
     {
-        let err = |op| db_error(&staging, op);
-        let db = Database::create(&staging).map_err(|e| err("creating")(e.into()))?;
+        let db =
+            Database::create(&staging).map_err(|e| db_error(&staging, "creating")(e.into()))?;
+        first_commit(&db, &staging, sealing, version)?;
+    }
+    std::fs::rename(&staging, path).map_err(io_error(path, "moving the new store into place"))?;
+    // The rename itself must be durable before anything is acknowledged from this store.
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(parent)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_error(parent, "syncing the store's directory"))?;
+    }
+    Ok(())
+}
+
+/// Creates a new store on a data disk, under the same rule as [`create_file`]: the header says
+/// *creating* until the first commit is durable, and only then *ready*.
+fn create_on_disk(
+    disk: DiskBackend,
+    sealing: &SealingKey,
+    anchor: &mut dyn VersionAnchor,
+) -> Result<Database, StoreError> {
+    let path = disk.path().to_owned();
+    let version = first_version(&path, anchor)?;
+    disk.begin_create()?;
+    let db = Database::builder()
+        .create_with_backend(disk.clone())
+        .map_err(|e| db_error(&path, "creating")(e.into()))?;
+    first_commit(&db, &path, sealing, version)?;
+    disk.mark_ready()?;
+    Ok(db)
+}
+
+/// The version a new store starts at: only if the anchor never saw a store (else the old one
+/// was deleted). The anchor is set first and the store starts at its value: a TPM counter's
+/// first value is not ours to choose.
+fn first_version(path: &Path, anchor: &mut dyn VersionAnchor) -> Result<u64, StoreError> {
+    if let Some(version) = anchor.read()? {
+        return Err(StoreError::StateMissing {
+            path: path.to_owned(),
+            anchor: version,
+            anchor_name: anchor.describe(),
+        });
+    }
+    Ok(anchor.advance_to(1)?)
+}
+
+/// The first, durable commit of a new store: its header, its tables and its state record.
+fn first_commit(
+    db: &Database,
+    path: &Path,
+    sealing: &SealingKey,
+    version: u64,
+) -> Result<(), StoreError> {
+    let err = |op| db_error(path, op);
+    {
         let mut plain = version.to_be_bytes().to_vec();
         plain.extend_from_slice(&StateDigest::default().to_bytes());
         let state = sealing.seal(Table::Meta.name(), STATE_KEY, &plain)?;
@@ -425,33 +511,38 @@ fn create_file(
         }
         txn.commit().map_err(|e| err("committing")(e.into()))?;
     }
-    std::fs::rename(&staging, path).map_err(io_error(path, "moving the new store into place"))?;
-    // The rename itself must be durable before anything is acknowledged from this store.
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::File::open(parent)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io_error(parent, "syncing the store's directory"))?;
-    }
     Ok(())
 }
 
 impl Store {
-    /// Opens the store at `path`, creating it if there is none (and the anchor agrees that none
+    /// Opens the store at `location`, creating it if there is none (and the anchor agrees that none
     /// ever existed), and verifies it completely before returning (see the module doc).
     pub fn open(
-        path: &Path,
+        location: impl Into<Location>,
         sealing: SealingKey,
         mut anchor: Box<dyn VersionAnchor>,
     ) -> Result<Self, StoreError> {
-        let exists = path.try_exists().map_err(|e| StoreError::Db {
-            path: path.to_owned(),
-            op: "checking for the store",
-            reason: e.to_string(),
-        })?;
-        if !exists {
-            create_file(path, &sealing, anchor.as_mut())?;
-        }
-        let db = Database::open(path).map_err(|e| db_error(path, "opening")(e.into()))?;
+        let location = location.into();
+        let path = location.path();
+        let db = match &location {
+            Location::File(path) => {
+                let exists = path.try_exists().map_err(|e| StoreError::Db {
+                    path: path.to_owned(),
+                    op: "checking for the store",
+                    reason: e.to_string(),
+                })?;
+                if !exists {
+                    create_file(path, &sealing, anchor.as_mut())?;
+                }
+                Database::open(path).map_err(|e| db_error(path, "opening")(e.into()))?
+            }
+            Location::Disk(path) => match DiskBackend::open(path)? {
+                (disk, Status::Empty) => create_on_disk(disk, &sealing, anchor.as_mut())?,
+                (disk, Status::Ready) => Database::builder()
+                    .create_with_backend(disk)
+                    .map_err(|e| db_error(path, "opening")(e.into()))?,
+            },
+        };
         let found_id = {
             let read = db
                 .begin_read()
@@ -606,6 +697,11 @@ impl Store {
     /// The store file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Closes the store, giving back its sealing key and anchor (to reopen it).
+    pub(crate) fn into_parts(self) -> (SealingKey, Box<dyn VersionAnchor>) {
+        (self.sealing, self.anchor)
     }
 
     /// The anchor, as [`VersionAnchor::describe`] says.

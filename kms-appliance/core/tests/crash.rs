@@ -16,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use coffer_kms::rollback::Unanchored;
+use coffer_kms::store::Location;
 use coffer_kms::{Kms, OrgId, WrappedDataKey};
 use rand_core::RngCore;
 use sha2::{Digest, Sha256};
@@ -39,10 +40,30 @@ fn writer() -> PathBuf {
 
 #[test]
 fn every_acknowledged_key_survives_sigkill_at_random_points() {
-    common::sim_root(); // make sure the chain the writer loads exists
-    let writer = writer();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("kms.redb");
+    kill_loop(Location::File(store));
+}
+
+/// The same on a data disk (a fixed-size file standing in for the raw device).
+#[test]
+fn every_acknowledged_key_survives_sigkill_on_a_data_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("data.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    kill_loop(Location::Disk(disk));
+}
+
+fn kill_loop(store: Location) {
+    common::sim_root(); // make sure the chain the writer loads exists
+    let writer = writer();
+    let store_arg = match &store {
+        Location::File(path) => path.display().to_string(),
+        Location::Disk(path) => format!("disk:{}", path.display()),
+    };
     let measurement = hex::encode(common::KMS_MEASUREMENT);
 
     let mut keys: Vec<(WrappedDataKey, String)> = Vec::new();
@@ -52,7 +73,7 @@ fn every_acknowledged_key_survives_sigkill_at_random_points() {
     for (round, base_ms) in [5u64, 60, 120, 200, 300, 450, 650].into_iter().enumerate() {
         let delay = Duration::from_millis(base_ms + rand_core::OsRng.next_u64() % 80);
         let mut child = Command::new(&writer)
-            .arg(&store)
+            .arg(&store_arg)
             .arg(common::sim_root_dir())
             .arg(&measurement)
             .stdout(Stdio::piped())
@@ -96,7 +117,7 @@ fn every_acknowledged_key_survives_sigkill_at_random_points() {
 
         let started = Instant::now();
         let kms = Kms::open(
-            &store,
+            store.clone(),
             &common::platform(),
             Box::new(Unanchored::accepting_rollback()),
         )

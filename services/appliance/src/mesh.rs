@@ -45,7 +45,7 @@ pub struct ProbeArgs {
 
 /// This node, from the verified deployment manifest and this guest's evidence provider; `None`
 /// when the appliance runs without a deployment.
-fn node(role: Role) -> Result<Option<Arc<MeshNode>>, String> {
+pub fn node(role: Role) -> Result<Option<Arc<MeshNode>>, String> {
     let manifest = match std::fs::read(DEPLOYMENT_RUNTIME_PATH) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -66,14 +66,16 @@ fn node(role: Role) -> Result<Option<Arc<MeshNode>>, String> {
     Ok(Some(Arc::new(node)))
 }
 
-fn idle() -> ExitCode {
+/// What a mesh service does in an appliance run without a deployment: logs it and waits.
+pub fn idle() -> ExitCode {
     tracing::info!("no deployment manifest: mesh disabled");
     loop {
         std::thread::park();
     }
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+/// The single-threaded runtime every mesh applet runs on.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -152,7 +154,7 @@ pub fn probe_main(role: Role, args: &ProbeArgs) -> ExitCode {
                     }
                 }
                 if let Some(client) = connected.as_mut() {
-                    let request = Request::get("/mesh/ping").body(Full::new(Bytes::new()));
+                    let request = Request::get("/v1/peer").body(Full::new(Bytes::new()));
                     match request {
                         Ok(request) => match client.send(request).await {
                             Ok(response) => tracing::info!(

@@ -1,6 +1,6 @@
-//! Where the API's decisions go: the [`AuditSink`] trait, and [`MemoryAuditSink`] for tests
-//! and benchmarks. The real audit log (stored by the control plane, checkpoints signed by the
-//! KMS) comes with issue 6.
+//! Where the API's decisions go: the [`AuditSink`] trait, [`MemoryAuditSink`] for tests and
+//! benchmarks, and [`LogAuditSink`], which the appliance uses until the audit log of the control
+//! plane (issue 6) takes the events: one JSON line per decision on the console.
 
 use std::sync::Mutex;
 
@@ -46,6 +46,20 @@ impl AuditSink for MemoryAuditSink {
             .lock()
             .map_err(|_| AuditError("the in-memory sink's lock is poisoned".into()))?
             .push(event.clone());
+        Ok(())
+    }
+}
+
+/// Writes each event as one JSON line (`audit {...}`) to the log, i.e. the appliance's console.
+/// Events hold identifiers only, so the line is safe to show the host.
+#[derive(Debug, Default)]
+pub struct LogAuditSink;
+
+impl AuditSink for LogAuditSink {
+    fn record(&self, event: &AuditEvent) -> Result<(), AuditError> {
+        let line = serde_json::to_string(event)
+            .map_err(|e| AuditError(format!("cannot encode the event: {e}")))?;
+        tracing::info!("audit {line}");
         Ok(())
     }
 }

@@ -130,6 +130,9 @@ pub enum Operation {
     GenerateDataKey,
     /// [`Request::UnwrapDataKey`].
     UnwrapDataKey,
+    /// The root key and state handed to a joining KMS replica (or upgraded image); see
+    /// [`super::Authorizer::authorize_replica`].
+    ReplicaSnapshot,
 }
 
 /// Why a request was denied: a stable code (its serde name, also [`Reason::code`]).

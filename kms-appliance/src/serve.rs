@@ -1,0 +1,275 @@
+//! `kms-serve`: the key management service of the kms image.
+//!
+//! Opens the KMS state on the data disk (sealed under this guest's platform key; refused if
+//! tampered, rolled back or sealed by another image), builds the authorizer from the deployment
+//! manifest's `kms.authz`, and serves [`KmsApi`] over the attested mesh to the roles given with
+//! `--accept`, plus the attestation endpoint for people. Every decision goes to the audit sink
+//! before anything is released.
+//!
+//! A blank data disk with a join hint (`coffer run --kms-join`, see
+//! [`coffer_types::JOIN_HINT_OFFSET`]) makes this KMS a replica or the upgraded image of an
+//! existing one: it attests to that KMS over the mesh and receives its root key and state
+//! ([`coffer_kms::kms::replica`](coffer_kms::Snapshot)) instead of generating a root key.
+//!
+//! A blank data disk under a manifest whose `kms.recovery.restore` names a split makes it a
+//! **restoring** KMS: it waits for the recovery officers' shares on its attestation endpoint
+//! ([`crate::recovery`]) and starts from the root key they restore (checked against the
+//! commitment in the manifest). With recovery officers in the manifest, a KMS splits its root
+//! key once and publishes the kit there.
+//!
+//! Fails (and, being critical, fail-stops the VM after its restarts) rather than serve from a
+//! state it cannot verify.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use coffer_appliance::mesh::ServeArgs;
+use coffer_evidence::EvidenceProvider;
+use coffer_kms::api::REPLICA_SNAPSHOT_PATH;
+use coffer_kms::rollback::Unanchored;
+use coffer_kms::store::{Location, SealingKey, Store};
+use coffer_kms::{Authorizer, AuthzConfig, Kms, KmsApi, LogAuditSink, Snapshot};
+use coffer_mesh::http::MeshClient;
+use coffer_mesh::MeshNode;
+use coffer_types::{Role, DATA_DISK_RUNTIME_PATH};
+use zeroize::Zeroize;
+
+/// The attestation endpoint's claim naming the KMS's audit-checkpoint verifier key (C2SP
+/// `name+id+key`).
+pub const AUDIT_SIGNER_CLAIM: &str = "audit_signer";
+
+/// `kms-serve`: the arguments of `mesh-serve`.
+#[derive(Debug, Parser)]
+#[command(name = "kms-serve")]
+pub struct ServeCli {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+impl ServeCli {
+    /// The arguments.
+    pub fn args(&self) -> &ServeArgs {
+        &self.args
+    }
+}
+
+/// Runs `kms-serve`.
+pub fn main(args: &ServeArgs) -> ExitCode {
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("kms-serve: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &ServeArgs) -> Result<ExitCode, String> {
+    let Some(node) = coffer_appliance::mesh::node(Role::Kms)? else {
+        return Ok(coffer_appliance::mesh::idle());
+    };
+    let deployment = node.trust().deployment();
+    let config = match &deployment.kms {
+        Some(settings) => serde_json::from_value::<AuthzConfig>(settings.authz.clone())
+            .map_err(|e| format!("deployment manifest field kms.authz: {e}"))?,
+        None => {
+            tracing::warn!(
+                "the deployment manifest has no kms section: no issuer is trusted, every request will be denied"
+            );
+            AuthzConfig::new(Vec::new())
+        }
+    };
+    let issuers = config.issuers.len();
+    let authorizer =
+        Authorizer::new(config).map_err(|e| format!("deployment manifest field kms.authz: {e}"))?;
+    let disk = std::path::Path::new(DATA_DISK_RUNTIME_PATH);
+    if !disk.exists() {
+        return Err(format!(
+            "no data disk ({DATA_DISK_RUNTIME_PATH} is missing): the kms image keeps its state on one; `coffer run` attaches it"
+        ));
+    }
+    // SEV-SNP and sim give a guest no monotonic counter: rollback is defended there only once the
+    // replica quorum exists (see coffer_kms::rollback). Said loudly, every start.
+    tracing::warn!(
+        "rollback anchor: none on this platform; a host replaying an old copy of the data disk is not detected"
+    );
+    let rt = coffer_appliance::mesh::runtime().map_err(|e| e.to_string())?;
+    // The endpoint for people comes up first: while restoring, officers submit shares there.
+    let recovery_state = crate::recovery::Shared::default();
+    if let Some(endpoint) = &args.endpoint {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(endpoint))
+            .map_err(|e| format!("{endpoint}: {e}"))?;
+        tracing::info!(listen = %endpoint, "attestation endpoint: listening");
+        rt.spawn(coffer_mesh::endpoint::serve_endpoint_with(
+            node.clone(),
+            listener,
+            Some(crate::recovery::extension(recovery_state.clone())),
+        ));
+    }
+    let location = Location::Disk(disk.to_owned());
+    let hint = coffer_types::read_join_hint(disk)
+        .map_err(|e| format!("{DATA_DISK_RUNTIME_PATH}: join hint: {e}"))?;
+    let restore = crate::recovery::restore_info(deployment).transpose()?;
+    let blank = holds_no_state(&location, node.provider().as_ref())?;
+    let sealing = || SealingKey::from_platform(node.provider().as_ref()).map_err(|e| e.to_string());
+    let mut kms = match (hint, restore) {
+        (Some(address), _) if blank => {
+            let snapshot = rt.block_on(fetch_snapshot(&node, &address))?;
+            let kms = Kms::join(
+                location,
+                sealing()?,
+                Box::new(Unanchored::accepting_rollback()),
+                &snapshot,
+            )
+            .map_err(|e| format!("joining {address}: {e}"))?;
+            tracing::info!(
+                %address,
+                records = snapshot.records(),
+                "joined the KMS: root key and state received over the attested mesh, sealed to this image"
+            );
+            kms
+        }
+        (None, Some(info)) if blank => {
+            if args.endpoint.is_none() {
+                return Err("restoring needs the attestation endpoint (--endpoint) for the officers' shares".into());
+            }
+            let restored = rt.block_on(async {
+                let done = crate::recovery::begin(&recovery_state, &node, info).await?;
+                done.await.map_err(|_| {
+                    "the recovery session failed (see above); starting over".to_owned()
+                })
+            })?;
+            let kms = Kms::restore(
+                location,
+                sealing()?,
+                Box::new(Unanchored::accepting_rollback()),
+                &restored.root,
+                restored.backup.as_deref(),
+            )
+            .map_err(|e| format!("restoring: {e}"))?;
+            tracing::info!(
+                backup = restored.backup.is_some(),
+                orgs = kms.org_keys().count(),
+                "root key restored from the recovery officers' shares, sealed to this image"
+            );
+            kms
+        }
+        _ => Kms::open(
+            location,
+            node.provider().as_ref(),
+            Box::new(Unanchored::accepting_rollback()),
+        )
+        .map_err(|e| format!("refusing to serve: {e}"))?,
+    };
+    let verified = kms
+        .verify()
+        .map_err(|e| format!("refusing to serve: {e}"))?;
+    tracing::info!(
+        state_version = verified.version,
+        records = verified.records,
+        orgs = kms.org_keys().count(),
+        issuers,
+        "kms state opened and verified"
+    );
+    // The audit-signer key (derived from the root key, so every replica has it) is stated on the
+    // attestation endpoint and bound into that evidence: a verifier learns that only this
+    // attested KMS image can have co-signed a checkpoint.
+    let origin = deployment.audit_log_origin();
+    let vkey = kms
+        .audit_signer_vkey(&origin)
+        .map_err(|e| format!("audit signer: {e}"))?;
+    tracing::info!(%vkey, "audit checkpoint signer");
+    node.set_claims(BTreeMap::from([(AUDIT_SIGNER_CLAIM.to_owned(), vkey)]));
+    let mut kit_json = None;
+    if let Some(policy) = deployment.kms.as_ref().and_then(|k| k.recovery.as_ref()) {
+        let kit = kms
+            .recovery_kit(policy, &deployment.deployment_id)
+            .map_err(|e| format!("recovery kit: {e}"))?;
+        tracing::info!(
+            split = %hex::encode(kit.info.split_id),
+            commitment = %hex::encode(kit.info.commitment),
+            threshold = kit.info.threshold,
+            officers = kit.info.officers.len(),
+            "recovery kit ready at {}",
+            crate::recovery::KIT_PATH
+        );
+        kit_json = Some(serde_json::to_string(&kit).map_err(|e| format!("recovery kit: {e}"))?);
+    }
+    let api = Arc::new(KmsApi::new(kms, authorizer, Arc::new(LogAuditSink)));
+    rt.block_on(crate::recovery::serving(
+        &recovery_state,
+        kit_json,
+        api.clone(),
+    ));
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+        tracing::info!(listen = %args.listen, accept = ?args.accept, "kms-serve: listening");
+        coffer_mesh::http::serve(node, listener, args.accept.clone(), api.handler(), None).await
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the store at `location` holds nothing yet (a blank disk, or a join that crashed
+/// before its one commit): then a join hint is followed. A store with records never is.
+fn holds_no_state(location: &Location, platform: &dyn EvidenceProvider) -> Result<bool, String> {
+    let sealing = SealingKey::from_platform(platform).map_err(|e| e.to_string())?;
+    let store = Store::open(
+        location.clone(),
+        sealing,
+        Box::new(Unanchored::accepting_rollback()),
+    )
+    .map_err(|e| format!("refusing to serve: {e}"))?;
+    let verified = store
+        .verify()
+        .map_err(|e| format!("refusing to serve: {e}"))?;
+    Ok(verified.records == 0)
+}
+
+/// Attests to the KMS at `address` (it must be a pinned kms of this deployment, as the mesh
+/// checks) and asks for its root key and state. Retries while it is not reachable yet (a
+/// minute); an attestation refusal either way ends the attempt at once.
+async fn fetch_snapshot(node: &MeshNode, address: &str) -> Result<Snapshot, String> {
+    let mut attempt = 0;
+    let mut client = loop {
+        match MeshClient::connect(node, address, Role::Kms).await {
+            Ok(client) => break client,
+            Err(e) if attempt < 60 && matches!(e.name(), "io" | "timeout" | "busy" | "tls") => {
+                tracing::warn!(%address, error = %e, reason = e.name(), "join: the KMS is not reachable yet");
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "join: cannot attest to the KMS at {address} ({}): {e}",
+                    e.name()
+                ))
+            }
+        }
+    };
+    tracing::info!(%address, peer = %client.peer(), "join: attested the KMS");
+    let request = hyper::Request::post(REPLICA_SNAPSHOT_PATH)
+        .body(http_body_util::Full::new(hyper::body::Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let response = client
+        .send(request)
+        .await
+        .map_err(|e| format!("join: {address}: {e}"))?;
+    let status = response.status();
+    let body = response.into_body();
+    if !status.is_success() {
+        return Err(format!(
+            "join: the KMS at {address} refused: {status} {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    let snapshot = Snapshot::from_json(&body).map_err(|e| format!("join: {e}"));
+    // The body held the root key: wipe it if nothing else shares the buffer.
+    if let Ok(mut owned) = body.try_into_mut() {
+        owned.as_mut().zeroize();
+    }
+    snapshot
+}
