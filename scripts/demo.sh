@@ -38,8 +38,11 @@ echo "   mesh endpoint as the VMs see it (the host's port forward)"
 echo
 echo "== booting them into the deployment under QEMU (TCG): config disk + HOST_DATA, each checked"
 echo "   by the guest's init against its own evidence before any service starts"
+# A fresh data disk each demo: the kms's state is sealed to its image, and a rebuilt image (a
+# new measurement) would rightly refuse the last demo's disk.
+rm -f "$state/kms-data.img"
 "$coffer" --state-dir "$state" run out/images/kms --detach --deployment "$state/deployment.json" \
-  --port "mesh=$mesh_port" --port "attest=$attest_port"
+  --port "mesh=$mesh_port" --port "attest=$attest_port" --data-disk "$state/kms-data.img"
 for role in client executor; do
   "$coffer" --state-dir "$state" run "out/images/$role" --detach --deployment "$state/deployment.json"
 done

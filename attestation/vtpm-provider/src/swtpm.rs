@@ -96,7 +96,12 @@ impl Swtpm {
                     last = format!("swtpm exited with {status}: {err}{log}");
                     break;
                 }
-                if TcpStream::connect(("127.0.0.1", server)).is_ok() {
+                // Both channels: libtss2's swtpm TCTI opens the control channel too, and swtpm
+                // binds it after the server one (a test that connected in between failed with
+                // an I/O error under load).
+                if TcpStream::connect(("127.0.0.1", server)).is_ok()
+                    && TcpStream::connect(("127.0.0.1", server + 1)).is_ok()
+                {
                     return Ok(Self {
                         child,
                         port: server,
