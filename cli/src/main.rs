@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+mod audit;
 mod deployment;
 mod measure;
 mod recovery;
@@ -68,6 +69,9 @@ enum Command {
     /// k-of-n recovery of the KMS root key: a recovery officer's side, offline.
     #[command(subcommand)]
     Recovery(recovery::RecoveryCommand),
+    /// Audit logs: verify a downloaded log or proof bundle offline.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 #[derive(Subcommand)]
@@ -276,6 +280,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(VerifyCommand::Endpoint(args)) => {
             Ok(ExitCode::from(verify::run_endpoint(&args)?))
         }
+        Command::Audit(command) => Ok(ExitCode::from(audit::run(&command))),
         command => dispatch(command, state_dir).map(|()| ExitCode::SUCCESS),
     }
 }
@@ -357,6 +362,7 @@ fn dispatch(command: Command, state_dir: PathBuf) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Verify(_) => anyhow::bail!("internal: `verify` is answered by run()"),
+        Command::Audit(_) => anyhow::bail!("internal: `audit` is answered by run()"),
         Command::Ps => {
             for vm in coffer_qemu::state::list(&state_dir) {
                 let state = if vm.is_running() { "running" } else { "exited" };

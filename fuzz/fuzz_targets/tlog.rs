@@ -1,12 +1,14 @@
-//! The audit log's parsers and proof verifiers on arbitrary bytes: signed notes, checkpoints and
-//! verifier keys (downloaded logs and offline bundles are outside input), and inclusion and
-//! consistency proofs with arbitrary sizes and hashes.
+//! The audit log's parsers and proof verifiers on arbitrary bytes: signed notes, checkpoints,
+//! verifier keys, log exports and proof bundles (downloaded logs and offline bundles are outside
+//! input), and inclusion and consistency proofs with arbitrary sizes and hashes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let _ = coffer_tlog::checkpoint::Checkpoint::parse(data);
+    let _ = coffer_tlog::bundle::LogExport::parse(data);
+    let _ = coffer_tlog::bundle::ProofBundle::parse(data);
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = coffer_tlog::note::VerifierKey::parse(text);
     }

@@ -2,6 +2,9 @@
 //! action and KMS decision).
 //!
 //! **Owns:**
+//! - [`bundle`]: offline audit of a downloaded log ([`bundle::LogExport`]) or proof bundle
+//!   ([`bundle::ProofBundle`]) against trusted checkpoints: forks, truncation and modified
+//!   entries ([`bundle::verify_log`], [`bundle::verify_bundle`]; `coffer audit verify`).
 //! - [`merkle`]: RFC 6962 / RFC 9162 Merkle tree hashing, tree heads, and inclusion and
 //!   consistency proofs: made from a log's stored subtree hashes (a [`HashReader`]; in memory:
 //!   [`MemoryTree`]) and verified as RFC 9162 §2.1.3.2 and §2.1.4.2 say.
@@ -32,6 +35,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod checkpoint;
 pub mod merkle;
 pub mod note;
