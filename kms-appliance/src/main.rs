@@ -6,7 +6,7 @@
 
 #![forbid(unsafe_code)]
 
-mod recovery;
+mod routes;
 mod serve;
 
 use std::process::ExitCode;

@@ -97,7 +97,7 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
     );
     let rt = coffer_appliance::mesh::runtime().map_err(|e| e.to_string())?;
     // The endpoint for people comes up first: while restoring, officers submit shares there.
-    let recovery_state = crate::recovery::Shared::default();
+    let recovery_state = crate::routes::Shared::default();
     if let Some(endpoint) = &args.endpoint {
         let listener = rt
             .block_on(tokio::net::TcpListener::bind(endpoint))
@@ -106,13 +106,13 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
         rt.spawn(coffer_mesh::endpoint::serve_endpoint_with(
             node.clone(),
             listener,
-            Some(crate::recovery::extension(recovery_state.clone())),
+            Some(crate::routes::extension(recovery_state.clone())),
         ));
     }
     let location = Location::Disk(disk.to_owned());
     let hint = coffer_types::read_join_hint(disk)
         .map_err(|e| format!("{DATA_DISK_RUNTIME_PATH}: join hint: {e}"))?;
-    let restore = crate::recovery::restore_info(deployment).transpose()?;
+    let restore = crate::routes::restore_info(deployment).transpose()?;
     let blank = holds_no_state(&location, node.provider().as_ref())?;
     let sealing = || SealingKey::from_platform(node.provider().as_ref()).map_err(|e| e.to_string());
     let mut kms = match (hint, restore) {
@@ -137,7 +137,7 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
                 return Err("restoring needs the attestation endpoint (--endpoint) for the officers' shares".into());
             }
             let restored = rt.block_on(async {
-                let done = crate::recovery::begin(&recovery_state, &node, info).await?;
+                let done = crate::routes::begin(&recovery_state, &node, info).await?;
                 done.await.map_err(|_| {
                     "the recovery session failed (see above); starting over".to_owned()
                 })
@@ -194,15 +194,16 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
             threshold = kit.info.threshold,
             officers = kit.info.officers.len(),
             "recovery kit ready at {}",
-            crate::recovery::KIT_PATH
+            crate::routes::KIT_PATH
         );
         kit_json = Some(serde_json::to_string(&kit).map_err(|e| format!("recovery kit: {e}"))?);
     }
     let api = Arc::new(KmsApi::new(kms, authorizer, Arc::new(LogAuditSink)));
-    rt.block_on(crate::recovery::serving(
+    rt.block_on(crate::routes::serving(
         &recovery_state,
         kit_json,
         api.clone(),
+        origin,
     ));
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.listen).await?;

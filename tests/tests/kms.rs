@@ -592,6 +592,31 @@ fn two_of_three_officers_restore_a_lost_kms_into_a_fresh_attested_one() {
         "{}",
         lost.serial()
     );
+    // The KMS states its audit signer on the endpoint, bound into the evidence.
+    let audit_signer = |manifest: &Path| -> String {
+        let outcome = run(&[
+            "verify",
+            "endpoint",
+            &url,
+            "--deployment",
+            manifest.to_str().unwrap(),
+            "--role",
+            "kms",
+            "--allow-simulation",
+        ]);
+        assert_eq!(outcome.code, 0, "{outcome:?}");
+        outcome
+            .stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("claim audit_signer = "))
+            .map(|v| v.split_whitespace().next().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("no audit_signer claim: {outcome:?}"))
+    };
+    let lost_signer = audit_signer(&v1);
+    assert!(
+        lost_signer.starts_with("coffer/vm-kms-recovery/audit/kms+"),
+        "{lost_signer}"
+    );
     let key = rt.block_on(create_key(
         &client_node(dir, &v1_bytes),
         mesh,
@@ -712,6 +737,8 @@ fn two_of_three_officers_restore_a_lost_kms_into_a_fresh_attested_one() {
         "{}",
         fresh.serial()
     );
+    // The same root key: the same audit signer, stated by the restored KMS's evidence.
+    assert_eq!(audit_signer(&v2), lost_signer);
     // The key the lost KMS made unwraps at the restored one.
     let node_v2 = client_node(dir, &std::fs::read(&v2).unwrap());
     assert_eq!(

@@ -735,6 +735,84 @@ impl KmsApi {
         }
     }
 
+    /// Co-signs an audit checkpoint for the control plane: the request (a control-plane token
+    /// naming this checkpoint, [`Authorizer::authorize_checkpoint`]) is decided and audited
+    /// first; then [`Kms::sign_checkpoint`] signs only a checkpoint of `origin` consistent with
+    /// the last one it signed (`proof`: the consistency proof from that one). Answers the
+    /// signed note (text) or a JSON error: 403 with the denial's code, 409
+    /// `checkpoint_fork` / `checkpoint_truncated` / `checkpoint_inconsistent`, 400
+    /// `checkpoint_invalid`.
+    pub async fn cosign_checkpoint(
+        &self,
+        origin: String,
+        token: &str,
+        checkpoint: Vec<u8>,
+        proof: Vec<coffer_tlog::merkle::Hash>,
+    ) -> Response<Body> {
+        match self.try_cosign(origin, token, checkpoint, proof).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        }
+    }
+
+    async fn try_cosign(
+        &self,
+        origin: String,
+        token: &str,
+        checkpoint: Vec<u8>,
+        proof: Vec<coffer_tlog::merkle::Hash>,
+    ) -> Result<Response<Body>, ApiError> {
+        let decision = self
+            .authorizer
+            .authorize_checkpoint(token, &checkpoint, SystemTime::now());
+        self.record(decision.audit())?;
+        if let Some(denial) = decision.denial() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                denial.reason.code(),
+                denial.message.clone(),
+            ));
+        }
+        let mut kms = self.kms.clone().lock_owned().await;
+        let signed =
+            tokio::task::spawn_blocking(move || kms.sign_checkpoint(&origin, &checkpoint, &proof))
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "checkpoint task failed");
+                    ApiError::internal("internal_error")
+                })?;
+        use crate::checkpoint::CheckpointError as E;
+        let note = signed.map_err(|e| {
+            let message = e.to_string();
+            match e {
+                E::Fork { .. } => ApiError::new(StatusCode::CONFLICT, "checkpoint_fork", message),
+                E::Truncated { .. } => {
+                    ApiError::new(StatusCode::CONFLICT, "checkpoint_truncated", message)
+                }
+                E::Inconsistent { .. } => {
+                    ApiError::new(StatusCode::CONFLICT, "checkpoint_inconsistent", message)
+                }
+                E::Malformed(_)
+                | E::WrongOrigin { .. }
+                | E::ExtensionLines { .. }
+                | E::EmptyTreeRoot { .. } => {
+                    ApiError::new(StatusCode::BAD_REQUEST, "checkpoint_invalid", message)
+                }
+                _ => {
+                    tracing::error!(error = %message, "checkpoint signing failed");
+                    ApiError::internal("checkpoint_error")
+                }
+            }
+        })?;
+        tracing::info!("audit checkpoint co-signed");
+        let mut response = Response::new(Full::new(Bytes::from(note)));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        Ok(response)
+    }
+
     /// Runs `op` with the KMS locked, on the blocking pool (it may commit: `fsync`).
     async fn write<T, F>(&self, op: F) -> Result<T, ApiError>
     where

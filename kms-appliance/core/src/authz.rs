@@ -78,8 +78,9 @@ pub use self::decision::{
 };
 use self::token::{verify, Expect};
 pub use self::token::{
-    Approval, ApprovalPolicy, Audience, GrantDataset, IdentityClaims, JobGrantClaims, OrgRole,
-    Recipient, ALLOWED_ALGORITHMS, AUDIENCE, IDENTITY_TOKEN_TYP, JOB_GRANT_TYP,
+    Approval, ApprovalPolicy, Audience, CheckpointRequestClaims, GrantDataset, IdentityClaims,
+    JobGrantClaims, OrgRole, Recipient, ALLOWED_ALGORITHMS, AUDIENCE, CHECKPOINT_REQUEST_TYP,
+    IDENTITY_TOKEN_TYP, JOB_GRANT_TYP, MAX_CHECKPOINT_REQUEST_LIFETIME_SECS,
 };
 
 /// Who acted, once the credential verified (for the audit event).
@@ -183,6 +184,57 @@ impl Authorizer {
             || "root key and state handed to a pinned kms replica".to_owned(),
         );
         audit.subject = peer.map(|p| format!("kms:{}", hex::encode(p.measurement)));
+        Decision { denial, audit }
+    }
+
+    /// Decides whether to co-sign the audit checkpoint `checkpoint` (its text) for the control
+    /// plane presenting `token`: a [`CHECKPOINT_REQUEST_TYP`] token of a *control plane* issuer
+    /// (not OIDC), audience `kms`, at most [`MAX_CHECKPOINT_REQUEST_LIFETIME_SECS`] long, naming
+    /// this checkpoint's SHA-256. Only the log's operator may extend what the KMS vouches for;
+    /// whether the checkpoint is consistent with the last one is checked when signing. The
+    /// event's org is `*`; its subject is the control plane's `sub`.
+    pub fn authorize_checkpoint(
+        &self,
+        token: &str,
+        checkpoint: &[u8],
+        now: SystemTime,
+    ) -> Decision {
+        let now = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let expect = Expect {
+            typ: CHECKPOINT_REQUEST_TYP,
+            grant: true,
+            max_lifetime: MAX_CHECKPOINT_REQUEST_LIFETIME_SECS,
+            skew: self.config.clock_skew_secs,
+        };
+        let verified = verify::<CheckpointRequestClaims>(&self.issuers, token, &expect, now);
+        let wanted = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(checkpoint));
+        let denial = match &verified {
+            Err(denial) => Some(denial.clone()),
+            Ok(claims) if claims.checkpoint_sha256 != wanted => Some(Denial::new(
+                Reason::CheckpointMismatch,
+                format!(
+                    "checkpoint_sha256: expected {wanted} (the checkpoint sent), got {}",
+                    claims.checkpoint_sha256
+                ),
+            )),
+            Ok(_) => None,
+        };
+        let mut audit = event(
+            now,
+            None,
+            Operation::SignCheckpoint,
+            "*",
+            denial.as_ref(),
+            || format!("audit checkpoint {wanted} accepted for co-signing"),
+        );
+        if let Ok(claims) = verified {
+            audit.subject = Some(format!("control-plane:{}", claims.sub));
+            audit.issuer = Some(claims.iss);
+            audit.credential_id = Some(claims.jti);
+        }
         Decision { denial, audit }
     }
 

@@ -359,3 +359,9 @@ impl CheckpointSigner {
         Ok(bytes)
     }
 }
+
+/// Where the KMS appliance takes checkpoint co-signing requests, on its attestation endpoint
+/// (server-authenticated TLS; the control plane checks the endpoint's `audit_signer` claim).
+/// `POST` JSON `{"token": CHECKPOINT_REQUEST_TYP JWT, "checkpoint": text, "proof": [base64
+/// hash, ...]}`; the answer is the checkpoint note signed by the KMS.
+pub const COSIGN_PATH: &str = "/.well-known/coffer/audit/checkpoint";

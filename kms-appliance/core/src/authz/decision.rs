@@ -133,6 +133,9 @@ pub enum Operation {
     /// The root key and state handed to a joining KMS replica (or upgraded image); see
     /// [`super::Authorizer::authorize_replica`].
     ReplicaSnapshot,
+    /// An audit checkpoint co-signed for the control plane; see
+    /// [`super::Authorizer::authorize_checkpoint`].
+    SignCheckpoint,
 }
 
 /// Why a request was denied: a stable code (its serde name, also [`Reason::code`]).
@@ -185,6 +188,8 @@ pub enum Reason {
     DatasetNotInJob,
     /// A result key for someone who is not a recipient of the job.
     RecipientNotInJob,
+    /// A checkpoint request names another checkpoint than the one sent.
+    CheckpointMismatch,
 }
 
 impl Reason {
@@ -214,6 +219,7 @@ impl Reason {
             Self::ApprovalsInsufficient => "approvals_insufficient",
             Self::DatasetNotInJob => "dataset_not_in_job",
             Self::RecipientNotInJob => "recipient_not_in_job",
+            Self::CheckpointMismatch => "checkpoint_mismatch",
         }
     }
 }

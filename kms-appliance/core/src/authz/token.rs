@@ -18,6 +18,11 @@ pub const AUDIENCE: &str = "kms";
 pub const IDENTITY_TOKEN_TYP: &str = "coffer-identity+jwt";
 /// The JWT `typ` of a job grant.
 pub const JOB_GRANT_TYP: &str = "coffer-job-grant+jwt";
+/// The JWT `typ` of a control plane's request to co-sign an audit checkpoint.
+pub const CHECKPOINT_REQUEST_TYP: &str = "coffer-checkpoint+jwt";
+/// The longest lifetime of a checkpoint request (5 min): it authorises one checkpoint, now.
+pub const MAX_CHECKPOINT_REQUEST_LIFETIME_SECS: u64 = 300;
+
 /// The algorithms a credential may be signed with (each key allows exactly one of them).
 pub const ALLOWED_ALGORITHMS: [Algorithm; 3] =
     [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256];
@@ -194,7 +199,31 @@ macro_rules! time_claims {
         }
     };
 }
+/// The claims of a checkpoint request: a control plane asks the KMS to co-sign exactly the
+/// checkpoint whose SHA-256 it names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRequestClaims {
+    /// The issuer: a configured control plane (an OIDC issuer is refused).
+    pub iss: String,
+    /// Who asks (informational).
+    pub sub: String,
+    /// Must be `kms`.
+    pub aud: Audience,
+    /// Issued at.
+    pub iat: u64,
+    /// Expires at (at most [`MAX_CHECKPOINT_REQUEST_LIFETIME_SECS`] after `iat`).
+    pub exp: u64,
+    /// Not before (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// The request's unique id.
+    pub jti: String,
+    /// SHA-256 of the checkpoint text to co-sign, hex.
+    pub checkpoint_sha256: String,
+}
+
 time_claims!(IdentityClaims);
+time_claims!(CheckpointRequestClaims);
 time_claims!(JobGrantClaims);
 
 /// The kind of credential expected, with its bounds.
@@ -253,8 +282,8 @@ pub(crate) fn verify<C: DeserializeOwned + TimeClaims>(
         return Err(Denial::new(
             Reason::IssuerNotAllowed,
             format!(
-                "job grant issuer: expected a control plane, got {:?} ({:?})",
-                peek.claims.iss, issuer.kind
+                "issuer of a {}: expected a control plane, got {:?} ({:?})",
+                expect.typ, peek.claims.iss, issuer.kind
             ),
         ));
     }

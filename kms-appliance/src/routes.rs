@@ -1,4 +1,5 @@
-//! The KMS's recovery routes on its attestation endpoint (server-authenticated TLS, for people):
+//! The KMS's routes on its attestation endpoint (server-authenticated TLS): recovery, for people,
+//! and checkpoint co-signing, for the control plane (which is not a mesh node):
 //!
 //! | method | path | answer |
 //! |---|---|---|
@@ -7,6 +8,7 @@
 //! | `POST` | [`SHARE_PATH`] | body: one share re-encrypted to the session recipient; 200 `{"index", "received", "complete"}` |
 //! | `GET` | [`BACKUP_PATH`] | serving: a fresh backup (ciphertext under a root-derived key) |
 //! | `POST` | [`BACKUP_PATH`] | restoring: the backup to restore with the root key (before the last share) |
+//! | `POST` | [`COSIGN_PATH`] | serving: `{"token", "checkpoint", "proof"}` from the control plane; the co-signed note (see `KmsApi::cosign_checkpoint`) |
 //!
 //! While restoring, the node's endpoint claims (bound into each answer's evidence) name the
 //! session's recipient and the split it expects, so an officer checks, with `coffer recovery
@@ -26,6 +28,7 @@ use hyper::body::Bytes;
 use hyper::{Method, Response, StatusCode};
 use tokio::sync::{oneshot, Mutex};
 
+pub use coffer_kms::checkpoint::COSIGN_PATH;
 pub use coffer_kms::recovery::endpoint::{
     BACKUP_PATH, COMMITMENT_CLAIM, KIT_PATH, RECIPIENT_CLAIM, SHARE_PATH, SPLIT_CLAIM, STATUS_PATH,
 };
@@ -41,8 +44,10 @@ pub struct State {
     backup: Option<Bytes>,
     /// The kit, once the KMS serves.
     kit: Option<String>,
-    /// The KMS, once it serves (for backups).
+    /// The KMS, once it serves (for backups and checkpoints).
     api: Option<Arc<KmsApi>>,
+    /// The audit log's origin (the deployment's).
+    origin: String,
 }
 
 /// What a completed restore yields.
@@ -108,11 +113,12 @@ pub async fn begin(
     Ok(receiver)
 }
 
-/// Publishes the kit (JSON, if any) and the KMS once it serves.
-pub async fn serving(state: &Shared, kit: Option<String>, api: Arc<KmsApi>) {
+/// Publishes the kit (JSON, if any) and the KMS once it serves, with the audit log's origin.
+pub async fn serving(state: &Shared, kit: Option<String>, api: Arc<KmsApi>, origin: String) {
     let mut state = state.lock().await;
     state.kit = kit;
     state.api = Some(api);
+    state.origin = origin;
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
@@ -179,7 +185,8 @@ pub fn extension(state: Shared) -> Extension {
                         )
                     })
                 }
-                (_, KIT_PATH | STATUS_PATH | SHARE_PATH | BACKUP_PATH) => Some(error(
+                (Method::POST, COSIGN_PATH) => Some(cosign(&state, &body).await),
+                (_, KIT_PATH | STATUS_PATH | SHARE_PATH | BACKUP_PATH | COSIGN_PATH) => Some(error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "method not allowed on this route".into(),
                 )),
@@ -187,6 +194,56 @@ pub fn extension(state: Shared) -> Extension {
             }
         })
     })
+}
+
+/// A checkpoint co-signing request, as posted.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CosignRequest {
+    token: String,
+    checkpoint: String,
+    #[serde(default)]
+    proof: Vec<String>,
+}
+
+async fn cosign(state: &Shared, body: &[u8]) -> Response<Full<Bytes>> {
+    let (api, origin) = {
+        let state = state.lock().await;
+        match &state.api {
+            Some(api) => (api.clone(), state.origin.clone()),
+            None => {
+                return error(
+                    StatusCode::CONFLICT,
+                    "this KMS does not serve yet: it signs no checkpoint".into(),
+                )
+            }
+        }
+    };
+    let request: CosignRequest = match serde_json::from_slice(body) {
+        Ok(request) => request,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    let mut proof = Vec::with_capacity(request.proof.len());
+    for (i, hash) in request.proof.iter().enumerate() {
+        use base64ct::{Base64, Encoding as _};
+        let mut out = [0u8; 32];
+        match Base64::decode(hash, &mut out) {
+            Ok(decoded) if decoded.len() == 32 => proof.push(out),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("proof[{i}]: expected the base64 of 32 bytes, got {hash:?}"),
+                )
+            }
+        }
+    }
+    api.cosign_checkpoint(
+        origin,
+        &request.token,
+        request.checkpoint.into_bytes(),
+        proof,
+    )
+    .await
 }
 
 async fn backup(state: &Shared) -> Response<Full<Bytes>> {
