@@ -587,8 +587,9 @@ fn two_of_three_officers_restore_a_lost_kms_into_a_fresh_attested_one() {
         mesh,
         &["--port", &format!("attest={attest}")],
     );
+    // The split comes right after the state opened: wait for it.
     assert!(
-        lost.serial().contains("recovery kit ready"),
+        lost.wait_for_log("recovery kit ready", Duration::from_secs(30)),
         "{}",
         lost.serial()
     );
@@ -737,7 +738,13 @@ fn two_of_three_officers_restore_a_lost_kms_into_a_fresh_attested_one() {
         "{}",
         fresh.serial()
     );
-    // The same root key: the same audit signer, stated by the restored KMS's evidence.
+    // The same root key: the same audit signer, stated by the restored KMS's evidence (stated
+    // before it makes its own new kit).
+    assert!(
+        fresh.wait_for_log("recovery kit ready", Duration::from_secs(30)),
+        "{}",
+        fresh.serial()
+    );
     assert_eq!(audit_signer(&v2), lost_signer);
     // The key the lost KMS made unwraps at the restored one.
     let node_v2 = client_node(dir, &std::fs::read(&v2).unwrap());

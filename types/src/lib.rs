@@ -225,19 +225,28 @@ pub fn read_join_hint(disk: &std::path::Path) -> std::io::Result<Option<String>>
     let file = std::fs::File::open(disk)?;
     let mut raw = [0u8; 10 + MAX_JOIN_HINT];
     file.read_exact_at(&mut raw, JOIN_HINT_OFFSET)?;
-    if &raw[..8] != JOIN_HINT_MAGIC {
+    parse_join_hint(&raw)
+}
+
+/// The join hint in `raw`, the bytes of a data disk from [`JOIN_HINT_OFFSET`] on (host-written:
+/// anything is possible).
+pub fn parse_join_hint(raw: &[u8]) -> std::io::Result<Option<String>> {
+    if raw.get(..8) != Some(JOIN_HINT_MAGIC.as_slice()) {
         return Ok(None);
     }
-    let len = usize::from(u16::from_le_bytes([raw[8], raw[9]]));
+    let invalid = |reason: String| std::io::Error::new(std::io::ErrorKind::InvalidData, reason);
+    let len = match raw.get(8..10) {
+        Some(&[a, b]) => usize::from(u16::from_le_bytes([a, b])),
+        _ => return Err(invalid("join hint cut short".into())),
+    };
     let address = raw
         .get(10..10 + len)
-        .filter(|_| len > 0)
+        .filter(|_| len > 0 && len <= MAX_JOIN_HINT)
         .and_then(|a| std::str::from_utf8(a).ok())
         .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("join hint of length {len} is not 1..={MAX_JOIN_HINT} bytes of UTF-8"),
-            )
+            invalid(format!(
+                "join hint of length {len} is not 1..={MAX_JOIN_HINT} bytes of UTF-8"
+            ))
         })?;
     Ok(Some(address.to_owned()))
 }
@@ -354,6 +363,32 @@ pub struct Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_join_hint_round_trips_and_bad_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk.img");
+        std::fs::File::create(&disk).unwrap().set_len(8192).unwrap();
+        assert_eq!(read_join_hint(&disk).unwrap(), None);
+        write_join_hint(&disk, "10.0.2.2:7000").unwrap();
+        assert_eq!(
+            read_join_hint(&disk).unwrap().as_deref(),
+            Some("10.0.2.2:7000")
+        );
+        assert!(write_join_hint(&disk, "").is_err());
+        assert!(write_join_hint(&disk, &"x".repeat(MAX_JOIN_HINT + 1)).is_err());
+        let mut raw = JOIN_HINT_MAGIC.to_vec();
+        assert!(parse_join_hint(&raw).is_err(), "cut short");
+        raw.extend_from_slice(&300u16.to_le_bytes());
+        raw.extend_from_slice(&[b'a'; 300]);
+        assert!(parse_join_hint(&raw)
+            .unwrap_err()
+            .to_string()
+            .contains("length 300"));
+        raw[8..10].copy_from_slice(&2u16.to_le_bytes());
+        raw[10] = 0xff;
+        assert!(parse_join_hint(&raw).is_err(), "not UTF-8");
+    }
 
     #[test]
     fn roles_round_trip_through_their_names() {

@@ -200,8 +200,10 @@ macro_rules! time_claims {
     };
 }
 /// The claims of a checkpoint request: a control plane asks the KMS to co-sign exactly the
-/// checkpoint whose SHA-256 it names.
+/// checkpoint whose SHA-256 it names. Our own control plane writes them: unknown fields are
+/// refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CheckpointRequestClaims {
     /// The issuer: a configured control plane (an OIDC issuer is refused).
     pub iss: String,
