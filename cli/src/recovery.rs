@@ -37,10 +37,10 @@ pub(crate) enum RecoveryCommand {
     Reencrypt(ReencryptArgs),
     /// Download the recovery kit from a KMS whose attestation endpoint verifies against the
     /// deployment (the shares inside are encrypted to the officers).
-    Kit(KitArgs),
+    Kit(FetchArgs),
     /// Download a backup of the KMS's state (sealed under a key derived from its root key: only
     /// a KMS holding that root key, e.g. one the officers restore, opens it).
-    Backup(KitArgs),
+    Backup(FetchArgs),
     /// Hand your share to a restoring KMS: verify its attestation endpoint, check that it
     /// restores the split and root key your share belongs to, re-encrypt the share to the
     /// recipient its evidence binds, and post it over a connection to that attested TLS key.
@@ -63,7 +63,7 @@ pub(crate) struct KmsEndpointArgs {
 }
 
 #[derive(Args)]
-pub(crate) struct KitArgs {
+pub(crate) struct FetchArgs {
     #[command(flatten)]
     endpoint: KmsEndpointArgs,
     /// Where to write the kit (must not exist yet).
@@ -172,7 +172,7 @@ fn request(
 }
 
 /// `GET path` from the attested KMS.
-fn fetch(args: &KitArgs, path: &str) -> anyhow::Result<Vec<u8>> {
+fn fetch(args: &FetchArgs, path: &str) -> anyhow::Result<Vec<u8>> {
     let runtime = runtime()?;
     let check = check_kms(&args.endpoint, &runtime)?;
     request(
@@ -185,7 +185,7 @@ fn fetch(args: &KitArgs, path: &str) -> anyhow::Result<Vec<u8>> {
     )
 }
 
-fn kit(args: &KitArgs) -> anyhow::Result<()> {
+fn kit(args: &FetchArgs) -> anyhow::Result<()> {
     let body = fetch(args, recovery::endpoint::KIT_PATH)?;
     let kit = recovery::RecoveryKit::from_json(&body).context("the KMS's recovery kit")?;
     create_new(&args.out, 0o644)?
@@ -203,7 +203,7 @@ fn kit(args: &KitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn backup(args: &KitArgs) -> anyhow::Result<()> {
+fn backup(args: &FetchArgs) -> anyhow::Result<()> {
     let body = fetch(args, recovery::endpoint::BACKUP_PATH)?;
     create_new(&args.out, 0o600)?
         .write_all(&body)

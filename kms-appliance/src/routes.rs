@@ -92,14 +92,17 @@ pub async fn begin(
     node: &MeshNode,
     info: RecoveryInfo,
 ) -> Result<oneshot::Receiver<Restored>, String> {
-    let claims = BTreeMap::from([
-        (SPLIT_CLAIM.to_owned(), hex::encode(info.split_id)),
-        (COMMITMENT_CLAIM.to_owned(), hex::encode(info.commitment)),
-    ]);
-    let threshold = info.threshold;
+    let (split, commitment, threshold) = (
+        hex::encode(info.split_id),
+        hex::encode(info.commitment),
+        info.threshold,
+    );
     let session = RecoverySession::new(info).map_err(|e| e.to_string())?;
-    let mut claims = claims;
-    claims.insert(RECIPIENT_CLAIM.to_owned(), session.recipient().to_owned());
+    let claims = BTreeMap::from([
+        (SPLIT_CLAIM.to_owned(), split),
+        (COMMITMENT_CLAIM.to_owned(), commitment),
+        (RECIPIENT_CLAIM.to_owned(), session.recipient().to_owned()),
+    ]);
     tracing::warn!(
         recipient = session.recipient(),
         threshold,

@@ -32,7 +32,7 @@ use coffer_kms::rollback::Unanchored;
 use coffer_kms::store::{Location, SealingKey, Store};
 use coffer_kms::{Authorizer, AuthzConfig, Kms, KmsApi, LogAuditSink, Snapshot};
 use coffer_mesh::http::MeshClient;
-use coffer_mesh::MeshNode;
+use coffer_mesh::{MeshError, MeshNode};
 use coffer_types::{Role, DATA_DISK_RUNTIME_PATH};
 use zeroize::Zeroize;
 
@@ -113,7 +113,9 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
     let hint = coffer_types::read_join_hint(disk)
         .map_err(|e| format!("{DATA_DISK_RUNTIME_PATH}: join hint: {e}"))?;
     let restore = crate::routes::restore_info(deployment).transpose()?;
-    let blank = holds_no_state(&location, node.provider().as_ref())?;
+    // Opening verifies every record: done once more only when a join or restore may apply.
+    let blank = (hint.is_some() || restore.is_some())
+        && holds_no_state(&location, node.provider().as_ref())?;
     let sealing = || SealingKey::from_platform(node.provider().as_ref()).map_err(|e| e.to_string());
     let mut kms = match (hint, restore) {
         (Some(address), _) if blank => {
@@ -164,12 +166,9 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
         )
         .map_err(|e| format!("refusing to serve: {e}"))?,
     };
-    let verified = kms
-        .verify()
-        .map_err(|e| format!("refusing to serve: {e}"))?;
+    // Every way above opened the state as `Kms::open` does: every record checked.
     tracing::info!(
-        state_version = verified.version,
-        records = verified.records,
+        state_version = kms.state_version(),
         orgs = kms.org_keys().count(),
         issuers,
         "kms state opened and verified"
@@ -214,20 +213,18 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Whether the store at `location` holds nothing yet (a blank disk, or a join that crashed
-/// before its one commit): then a join hint is followed. A store with records never is.
+/// Whether the store at `location` holds nothing yet (a blank disk, or a join or restore that
+/// crashed before its one commit): then a join hint or a restore is followed. A store with
+/// records never is.
 fn holds_no_state(location: &Location, platform: &dyn EvidenceProvider) -> Result<bool, String> {
     let sealing = SealingKey::from_platform(platform).map_err(|e| e.to_string())?;
-    let store = Store::open(
+    Store::open(
         location.clone(),
         sealing,
         Box::new(Unanchored::accepting_rollback()),
     )
-    .map_err(|e| format!("refusing to serve: {e}"))?;
-    let verified = store
-        .verify()
-        .map_err(|e| format!("refusing to serve: {e}"))?;
-    Ok(verified.records == 0)
+    .and_then(|store| store.is_empty())
+    .map_err(|e| format!("refusing to serve: {e}"))
 }
 
 /// Attests to the KMS at `address` (it must be a pinned kms of this deployment, as the mesh
@@ -238,7 +235,12 @@ async fn fetch_snapshot(node: &MeshNode, address: &str) -> Result<Snapshot, Stri
     let mut client = loop {
         match MeshClient::connect(node, address, Role::Kms).await {
             Ok(client) => break client,
-            Err(e) if attempt < 60 && matches!(e.name(), "io" | "timeout" | "busy" | "tls") => {
+            Err(
+                e @ (MeshError::Io(_)
+                | MeshError::Timeout(_)
+                | MeshError::Busy(_)
+                | MeshError::Tls(_)),
+            ) if attempt < 60 => {
                 tracing::warn!(%address, error = %e, reason = e.name(), "join: the KMS is not reachable yet");
                 attempt += 1;
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;

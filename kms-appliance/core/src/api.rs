@@ -68,7 +68,9 @@ use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
-use crate::authz::{AttestedPeer, AuditEvent, Authorizer, Credential, Request as AuthzRequest};
+use crate::authz::{
+    AttestedPeer, AuditEvent, Authorizer, Credential, Decision, Request as AuthzRequest,
+};
 use crate::keys::{DataKey, KeyError, KeyId, OrgId, WrappedDataKey};
 use crate::kms::{Kms, KmsError, OrgKeyInfo};
 use crate::KEY_LEN;
@@ -479,21 +481,7 @@ impl KmsApi {
             SystemTime::now(),
         );
         drop(credential);
-        self.record(decision.audit())?;
-        if let Some(denial) = decision.denial() {
-            tracing::info!(
-                peer_role = %peer.role,
-                operation = ?decision.audit().operation,
-                org = %decision.audit().org,
-                reason = denial.reason.code(),
-                "kms request denied"
-            );
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                denial.reason.code(),
-                denial.message.clone(),
-            ));
-        }
+        self.enforce(&decision)?;
         self.execute(call).await
     }
 
@@ -513,15 +501,7 @@ impl KmsApi {
         let decision = self
             .authorizer
             .authorize_replica(Some(&AttestedPeer::from(peer)), SystemTime::now());
-        self.record(decision.audit())?;
-        if let Some(denial) = decision.denial() {
-            tracing::warn!(peer_role = %peer.role, reason = denial.reason.code(), "replica snapshot denied");
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                denial.reason.code(),
-                denial.message.clone(),
-            ));
-        }
+        self.enforce(&decision)?;
         let snapshot = self.kms.lock().await.export_snapshot().map_err(|e| {
             tracing::error!(error = %e, "cannot export the replica snapshot");
             ApiError::internal("snapshot_failed")
@@ -536,6 +516,30 @@ impl KmsApi {
             "root key and state handed to a pinned kms replica"
         );
         Ok(secret_response(StatusCode::OK, body))
+    }
+
+    /// Records the decision's audit event (a request is refused if it cannot be recorded), then
+    /// refuses a denied request with 403 and the denial's code.
+    fn enforce(&self, decision: &Decision) -> Result<(), ApiError> {
+        self.record(decision.audit())?;
+        match decision.denial() {
+            None => Ok(()),
+            Some(denial) => {
+                let event = decision.audit();
+                tracing::info!(
+                    peer_role = ?event.peer_role,
+                    operation = ?event.operation,
+                    org = %event.org,
+                    reason = denial.reason.code(),
+                    "kms request denied"
+                );
+                Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    denial.reason.code(),
+                    denial.message.clone(),
+                ))
+            }
+        }
     }
 
     fn record(&self, event: &AuditEvent) -> Result<(), ApiError> {
@@ -765,22 +769,10 @@ impl KmsApi {
         let decision = self
             .authorizer
             .authorize_checkpoint(token, &checkpoint, SystemTime::now());
-        self.record(decision.audit())?;
-        if let Some(denial) = decision.denial() {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                denial.reason.code(),
-                denial.message.clone(),
-            ));
-        }
-        let mut kms = self.kms.clone().lock_owned().await;
-        let signed =
-            tokio::task::spawn_blocking(move || kms.sign_checkpoint(&origin, &checkpoint, &proof))
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "checkpoint task failed");
-                    ApiError::internal("internal_error")
-                })?;
+        self.enforce(&decision)?;
+        let signed = self
+            .blocking(move |kms| kms.sign_checkpoint(&origin, &checkpoint, &proof))
+            .await?;
         use crate::checkpoint::CheckpointError as E;
         let note = signed.map_err(|e| {
             let message = e.to_string();
@@ -819,14 +811,22 @@ impl KmsApi {
         T: Send + 'static,
         F: FnOnce(&mut Kms) -> Result<T, KmsError> + Send + 'static,
     {
+        self.blocking(op).await?.map_err(kms_error)
+    }
+
+    /// Runs `op` with the KMS locked, on the blocking pool.
+    async fn blocking<T, F>(&self, op: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Kms) -> T + Send + 'static,
+    {
         let mut kms = self.kms.clone().lock_owned().await;
         tokio::task::spawn_blocking(move || op(&mut kms))
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "kms operation task failed");
                 ApiError::internal("internal_error")
-            })?
-            .map_err(kms_error)
+            })
     }
 }
 

@@ -774,6 +774,16 @@ impl Store {
             .map_err(|e| self.db_err("counting records")(e.into()))
     }
 
+    /// Whether the store holds no record but its own state record (just created). Counts only:
+    /// the records were checked when the store was opened.
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        let mut records = 0;
+        for table in Table::ALL {
+            records += self.len(table)?;
+        }
+        Ok(records <= 1)
+    }
+
     /// Commits `batch` and a new state version in one durable transaction, then advances the
     /// anchor. When this returns `Ok`, the write survives a crash and cannot be rolled back
     /// (where an anchor exists): the caller may acknowledge it. Returns the new version.

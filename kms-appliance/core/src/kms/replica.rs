@@ -150,8 +150,8 @@ impl Kms {
     /// after.
     pub fn export_backup(&self) -> Result<Vec<u8>, KmsError> {
         let mut snapshot = self.export_snapshot()?;
+        // Zeroizing a String wipes its bytes and empties it.
         snapshot.root_key.zeroize();
-        snapshot.root_key.clear();
         let plain = snapshot.to_json()?;
         crate::crypto::seal(&backup_key(&self.root), BACKUP_AAD.as_bytes(), &plain)
             .map_err(|e| invalid(format!("cannot seal the backup: {e:?}")))
@@ -236,7 +236,7 @@ impl Kms {
     ) -> Result<Self, KmsError> {
         records.put(Table::Meta, ROOT_KEY, root.bytes());
         let mut store = Store::open(location.clone(), sealing, anchor)?;
-        if store.verify()?.records > 0 {
+        if !store.is_empty()? {
             return Err(KmsError::Record {
                 record: location.path().display().to_string(),
                 reason: "already holds a KMS state: refusing to write over it".into(),
