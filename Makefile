@@ -31,8 +31,10 @@ demo: coffer
 
 # Unit and CLI tests first (fast), then the QEMU tier (boots VMs under TCG, about a minute).
 test: deps
-	@echo "make: unit tests (every crate)"
+	@echo "make: unit tests (every crate; the control plane's on SQLite)"
 	cargo test --locked --workspace --exclude coffer-tests
+	@echo "make: the control plane's tests again, on PostgreSQL (a private server per test)"
+	COFFER_HUB_TEST_DATABASE=postgres cargo test --locked -p coffer-hub --tests
 	@echo "make: the KMS rollback anchor on a TPM NV counter (feature tpm, against swtpm)"
 	cargo test --locked -p coffer-kms --all-features --test rollback tpm::
 	@echo "make: CLI and QEMU tier (tests/)"
@@ -40,6 +42,7 @@ test: deps
 
 test-unit: deps
 	cargo test --locked --workspace --exclude coffer-tests
+	COFFER_HUB_TEST_DATABASE=postgres cargo test --locked -p coffer-hub --tests
 	cargo test --locked -p coffer-kms --all-features --test rollback tpm::
 
 test-qemu: deps

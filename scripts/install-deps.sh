@@ -9,8 +9,9 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # Debian packages: QEMU (boots the images), musl-tools (musl-gcc for C code in the static
 # appliance binaries), git (the reproducibility test clones the checkout), cpio (to inspect
 # initramfs images by hand), libtss2-dev + pkg-config (tss-esapi, the Azure vTPM provider), swtpm
-# (a software TPM the Azure path is tested against).
-packages=(qemu-system-x86 musl-tools git cpio libtss2-dev pkg-config swtpm)
+# (a software TPM the Azure path is tested against), postgresql (the control plane's test suite
+# runs against a private PostgreSQL server as well as SQLite; the package's own cluster is unused).
+packages=(qemu-system-x86 musl-tools git cpio libtss2-dev pkg-config swtpm postgresql)
 missing=()
 for p in "${packages[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

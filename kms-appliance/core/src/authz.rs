@@ -83,6 +83,14 @@ pub use self::token::{
     IDENTITY_TOKEN_TYP, JOB_GRANT_TYP, MAX_CHECKPOINT_REQUEST_LIFETIME_SECS,
 };
 
+/// Installs the ring-based crypto provider this module verifies (and the control plane signs)
+/// credentials with as jsonwebtoken's process-wide provider. Returns `false` if another provider
+/// was installed first: then neither verification nor signing here can be vouched for.
+/// [`Authorizer::new`] calls it; a token issuer (the control plane) calls it before signing.
+pub fn install_crypto_provider() -> bool {
+    ring_provider::install()
+}
+
 /// Who acted, once the credential verified (for the audit event).
 #[derive(Default)]
 struct Verified {

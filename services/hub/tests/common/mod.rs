@@ -1,0 +1,206 @@
+//! An in-process hub on a free loopback port, and a small JSON client for it.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod postgres;
+
+use std::sync::Arc;
+
+use coffer_hub::{Hub, HubConfig};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// A running hub and what it needs to live.
+pub struct TestHub {
+    pub hub: Arc<Hub>,
+    pub base: String,
+    pub admin_password: String,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+    /// The PostgreSQL server, when the hub runs on one (dropped last).
+    _postgres: Option<postgres::Postgres>,
+}
+
+impl TestHub {
+    /// A hub on a fresh database of the backend `COFFER_HUB_TEST_DATABASE` names: `sqlite`
+    /// (the default) or `postgres` (a private server per test). `make test` runs the hub's
+    /// suite once per backend.
+    pub async fn new() -> Self {
+        match std::env::var("COFFER_HUB_TEST_DATABASE").as_deref() {
+            Ok("postgres") => {
+                let pg = postgres::Postgres::start();
+                let url = pg.create_database("hub").await;
+                let mut t = Self::with_database(url).await;
+                t._postgres = Some(pg);
+                t
+            }
+            Ok("sqlite") | Err(_) => Self::sqlite().await,
+            Ok(other) => panic!("COFFER_HUB_TEST_DATABASE={other:?}: expected sqlite or postgres"),
+        }
+    }
+
+    /// A hub on a fresh SQLite database.
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+        Self::start(dir, url).await
+    }
+
+    /// A hub on `url` (a fresh database), with its state in a new temporary directory.
+    pub async fn with_database(url: String) -> Self {
+        Self::start(tempfile::tempdir().unwrap(), url).await
+    }
+
+    async fn start(dir: tempfile::TempDir, database_url: String) -> Self {
+        let config = HubConfig {
+            database_url,
+            state_dir: dir.path().join("state"),
+            issuer: "https://hub.test".into(),
+            audit_origin: "coffer/test/audit".into(),
+            oidc: Vec::new(),
+        };
+        Self::start_with(dir, config).await
+    }
+
+    /// A hub with `config` (its state dir should be inside `dir`).
+    pub async fn start_with(dir: tempfile::TempDir, config: HubConfig) -> Self {
+        let hub = Hub::open(config).await.unwrap();
+        let admin_password = coffer_hub::api::bootstrap_admin(&hub, "admin")
+            .await
+            .unwrap()
+            .expect("a fresh hub creates its administrator")
+            .to_string();
+        coffer_hub::spawn_workers(&hub);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(coffer_hub::api::serve(hub.clone(), listener, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            hub,
+            _postgres: None,
+            base,
+            admin_password,
+            http: reqwest::Client::new(),
+            _dir: dir,
+            _shutdown: tx,
+        }
+    }
+
+    /// `method path` with an optional bearer token and JSON body; the status and JSON answer
+    /// (`Value::Null` for an empty body).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    /// Like [`call`](Self::call), asserting `expected` status; returns the JSON answer.
+    pub async fn ok(
+        &self,
+        expected: u16,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Value {
+        let (status, value) = self.call(method, path, token, body).await;
+        assert_eq!(status.as_u16(), expected, "{method} {path}: {value}");
+        value
+    }
+
+    /// Signs in; returns the session token.
+    pub async fn login(&self, user: &str, password: &str) -> String {
+        let v = self
+            .ok(
+                200,
+                "POST",
+                "/v1/auth/login",
+                None,
+                Some(json!({"username": user, "password": password})),
+            )
+            .await;
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    /// The administrator's session.
+    pub async fn admin(&self) -> String {
+        let pw = self.admin_password.clone();
+        self.login("admin", &pw).await
+    }
+
+    /// Creates user `name` (password `name` + "-password-1") and returns their session.
+    pub async fn user(&self, admin: &str, name: &str) -> String {
+        let password = format!("{name}-password-1");
+        self.ok(
+            201,
+            "POST",
+            "/v1/users",
+            Some(admin),
+            Some(json!({"username": name, "password": password})),
+        )
+        .await;
+        self.login(name, &password).await
+    }
+
+    /// Creates org `org` with workspace `ws`.
+    pub async fn org(&self, admin: &str, org: &str, ws: &str) {
+        self.ok(
+            201,
+            "POST",
+            "/v1/orgs",
+            Some(admin),
+            Some(json!({"id": org})),
+        )
+        .await;
+        self.ok(
+            201,
+            "POST",
+            &format!("/v1/orgs/{org}/workspaces"),
+            Some(admin),
+            Some(json!({"name": ws})),
+        )
+        .await;
+    }
+
+    /// Gives `user` `roles` in `org` and membership of `workspaces`.
+    pub async fn member(
+        &self,
+        admin: &str,
+        org: &str,
+        user: &str,
+        roles: &[&str],
+        workspaces: &[&str],
+    ) {
+        self.ok(
+            200,
+            "PUT",
+            &format!("/v1/orgs/{org}/members/{user}"),
+            Some(admin),
+            Some(json!({"roles": roles, "workspaces": workspaces})),
+        )
+        .await;
+    }
+}
