@@ -54,6 +54,7 @@ bench: coffer
 	cargo run --locked --release -p coffer-bench --bin verify-bench
 	cargo run --locked --release -p coffer-bench --bin mesh-bench
 	cargo run --locked --release -p coffer-bench --bin kms-bench
+	cargo run --locked --release -p coffer-bench --bin hub-bench
 
 lint:
 	cargo fmt --all -- --check

@@ -29,6 +29,20 @@ pub struct HubConfig {
     pub audit_origin: String,
     /// OIDC issuers whose ID tokens sign users in.
     pub oidc: Vec<OidcIssuer>,
+    /// The KMS that co-signs the audit log's checkpoints (none: checkpoints carry the hub's
+    /// signature only).
+    pub kms: Option<KmsLink>,
+}
+
+/// Where the deployment's KMS serves its endpoint, and how to attest it.
+#[derive(Debug, Clone)]
+pub struct KmsLink {
+    /// `https://HOST:PORT` of the KMS appliance's attestation endpoint.
+    pub endpoint: String,
+    /// The deployment manifest (its pins say which KMS measurements to accept).
+    pub manifest: Vec<u8>,
+    /// Accept a KMS on the simulated platform (development and CI only).
+    pub allow_simulation: bool,
 }
 
 /// An OIDC issuer the hub accepts ID tokens from.

@@ -30,6 +30,15 @@ struct Args {
     /// A JSON file listing OIDC issuers: [{"issuer", "client_id", "jwks"}].
     #[arg(long)]
     oidc: Option<PathBuf>,
+    /// The KMS appliance's endpoint (https://HOST:PORT): it co-signs the audit checkpoints.
+    #[arg(long, requires = "deployment_manifest")]
+    kms_endpoint: Option<String>,
+    /// The deployment manifest whose pins the KMS must match.
+    #[arg(long)]
+    deployment_manifest: Option<PathBuf>,
+    /// Accept a KMS on the simulated platform (development and CI only).
+    #[arg(long)]
+    allow_simulation: bool,
     /// Create this deployment administrator if the hub has no users (password printed once).
     #[arg(long, default_value = "admin")]
     bootstrap_admin: String,
@@ -52,7 +61,16 @@ async fn main() -> anyhow::Result<()> {
         }
         None => Vec::new(),
     };
+    let kms = match (&args.kms_endpoint, &args.deployment_manifest) {
+        (Some(endpoint), Some(path)) => Some(coffer_hub::config::KmsLink {
+            endpoint: endpoint.clone(),
+            manifest: std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+            allow_simulation: args.allow_simulation,
+        }),
+        _ => None,
+    };
     let config = HubConfig {
+        kms,
         database_url: args.database,
         state_dir: args.state_dir,
         issuer: args.issuer,

@@ -230,6 +230,7 @@ async fn oidc_id_tokens_sign_in_linked_users_only() {
             client_id: "coffer".into(),
             jwks: json!({"keys": [idp.jwk]}),
         }],
+        kms: None,
     };
     let t = TestHub::start_with(dir, config).await;
     let admin = t.admin().await;

@@ -679,6 +679,7 @@ async fn a_modified_or_deleted_entry_refuses_the_start() {
         issuer: "https://hub.test".into(),
         audit_origin: ORIGIN.into(),
         oidc: Vec::new(),
+        kms: None,
     };
     let t = TestHub::start_with(dir, config.clone()).await;
     let admin = t.admin().await;

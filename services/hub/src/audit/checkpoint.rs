@@ -256,11 +256,27 @@ async fn run_checkpointer(hub: Weak<Hub>) {
             Ok(checkpoint) => {
                 tracing::debug!(size = checkpoint.size, "audit checkpoint signed");
                 signed = checkpoint.size;
+                if let Some(link) = &hub.config.kms {
+                    cosign_or_log(&hub, link).await;
+                }
             }
             Err(e) => tracing::error!(
                 error = %e,
                 "could not sign an audit checkpoint; retrying in {CHECKPOINT_INTERVAL:?}"
             ),
         }
+    }
+}
+
+/// Asks the KMS to co-sign the latest checkpoint; a failure is logged and retried at the next
+/// growth of the log (a refusal is a security event: logged as an error).
+async fn cosign_or_log(hub: &Hub, link: &crate::config::KmsLink) {
+    use super::cosign::{cosign_latest, CosignError};
+    match cosign_latest(hub, link).await {
+        Ok(_) => {}
+        Err(e @ CosignError::Refused { .. }) | Err(e @ CosignError::BadSignature { .. }) => {
+            tracing::error!(error = %e, "the KMS did not co-sign the audit log")
+        }
+        Err(e) => tracing::warn!(error = %e, "audit checkpoint not co-signed yet"),
     }
 }

@@ -26,6 +26,7 @@
 //! answering a 400 that names the numbers.
 
 mod checkpoint;
+pub mod cosign;
 mod routes;
 
 pub use checkpoint::{
@@ -273,7 +274,7 @@ impl AuditLog {
 
     /// Runs `f` on the tree of committed entries, under its read lock (never held across an
     /// await: `f` is synchronous).
-    pub(crate) fn with_tree<T>(&self, f: impl FnOnce(&MemoryTree) -> ApiResult<T>) -> ApiResult<T> {
+    pub fn with_tree<T>(&self, f: impl FnOnce(&MemoryTree) -> ApiResult<T>) -> ApiResult<T> {
         let tree = self.tree.read().map_err(|_| {
             ApiError::internal("audit tree", "lock poisoned; restart the hub to reload it")
         })?;

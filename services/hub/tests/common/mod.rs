@@ -59,6 +59,7 @@ impl TestHub {
             issuer: "https://hub.test".into(),
             audit_origin: "coffer/test/audit".into(),
             oidc: Vec::new(),
+            kms: None,
         };
         Self::start_with(dir, config).await
     }

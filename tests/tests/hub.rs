@@ -1,0 +1,206 @@
+//! The control plane and the KMS VM (sim platform, TCG): the hub asks the attested KMS to
+//! co-sign its audit checkpoints; the KMS co-signs only one linear history, so a forked log
+//! is refused; `coffer audit verify` checks the log against both keys.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer_hub::audit::cosign::{cosign_latest, CosignError, Cosigned};
+use coffer_hub::audit::AuditRecord;
+use coffer_hub::config::KmsLink;
+use coffer_hub::keys::HubKeys;
+use coffer_hub::{Hub, HubConfig};
+use coffer_tests::{build_image, checkout, free_port, run, unique, Vm};
+use coffer_tlog::bundle::LogExport;
+use coffer_types::Role;
+use serde_json::json;
+use sqlx::Row;
+
+const ISSUER: &str = "https://hub.coffer.test";
+const DEPLOYMENT: &str = "vm-hub-cosign";
+
+fn hub_config(dir: &Path, db: &str, kms: KmsLink) -> HubConfig {
+    HubConfig {
+        database_url: format!("sqlite://{}", dir.join(db).display()),
+        state_dir: dir.join("hub-state"),
+        issuer: ISSUER.into(),
+        audit_origin: format!("coffer/{DEPLOYMENT}/audit"),
+        oidc: Vec::new(),
+        kms: Some(kms),
+    }
+}
+
+async fn append(hub: &Hub, n: usize, tag: &str) {
+    let mut w = hub.writer().await.unwrap();
+    for i in 0..n {
+        w.audit(AuditRecord::ok("user:test", format!("test.{tag}")).detail(json!({"i": i})))
+            .await
+            .unwrap();
+    }
+    w.commit().await.unwrap();
+}
+
+/// The log as `coffer audit verify --log` reads it: every entry and every co-signed checkpoint.
+async fn export(hub: &Hub) -> Vec<u8> {
+    let entries: Vec<Vec<u8>> = sqlx::query("SELECT body FROM audit_entries ORDER BY idx")
+        .fetch_all(&hub.db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get::<String, _>("body").unwrap().into_bytes())
+        .collect();
+    let notes: Vec<Vec<u8>> =
+        sqlx::query("SELECT note FROM audit_checkpoints WHERE cosigned = 1 ORDER BY size")
+            .fetch_all(&hub.db)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get::<String, _>("note").unwrap().into_bytes())
+            .collect();
+    LogExport::new(hub.audit.origin(), entries, &notes)
+        .unwrap()
+        .to_json()
+        .unwrap()
+}
+
+#[test]
+fn the_kms_vm_co_signs_the_hubs_checkpoints_and_refuses_a_fork() {
+    let images = tempfile::tempdir().unwrap();
+    let image = images.path().join("kms");
+    build_image(Role::Kms, &image, None);
+    let state = Arc::new(tempfile::tempdir().unwrap());
+    let dir = state.path();
+    let (mesh, attest) = (free_port(), free_port());
+    let origin = format!("coffer/{DEPLOYMENT}/audit");
+
+    // The hub's key exists first: the deployment's KMS trusts it as its control plane.
+    let keys = HubKeys::load_or_create(&dir.join("hub-state"), ISSUER, &origin).unwrap();
+    let authz = dir.join("authz.json");
+    std::fs::write(
+        &authz,
+        json!({"issuers": [{"issuer": ISSUER, "kind": "control_plane", "jwks": keys.jwks()}]})
+            .to_string(),
+    )
+    .unwrap();
+    let manifest = dir.join("deployment.json");
+    let outcome = run(&[
+        "--state-dir",
+        dir.to_str().unwrap(),
+        "deployment",
+        "init",
+        "--out",
+        manifest.to_str().unwrap(),
+        "--id",
+        DEPLOYMENT,
+        "--pins",
+        checkout().join("measurements/pins").to_str().unwrap(),
+        "--endpoint",
+        &format!("kms=10.0.2.2:{mesh}"),
+        "--kms-authz",
+        authz.to_str().unwrap(),
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let vm = Vm::start_in(
+        state.clone(),
+        &image,
+        &unique("kms-cosign"),
+        &[
+            "--deployment",
+            manifest.to_str().unwrap(),
+            "--port",
+            &format!("mesh={mesh}"),
+            "--port",
+            &format!("attest={attest}"),
+        ],
+    );
+    assert!(
+        vm.wait_for_log("kms state opened and verified", Duration::from_secs(90)),
+        "{}",
+        vm.serial()
+    );
+    let link = KmsLink {
+        endpoint: format!("https://127.0.0.1:{attest}"),
+        manifest: std::fs::read(&manifest).unwrap(),
+        allow_simulation: true,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let hub = Hub::open(hub_config(dir, "hub.db", link.clone()))
+            .await
+            .unwrap();
+        append(&hub, 5, "first").await;
+        let kms_key = match cosign_latest(&hub, &link).await.unwrap() {
+            Cosigned::Now { size, kms_key } => {
+                assert_eq!(size, 5);
+                kms_key
+            }
+            other => panic!("expected a co-signature, got {other:?}"),
+        };
+        assert!(kms_key.starts_with(&format!("{origin}/kms+")), "{kms_key}");
+        // The next checkpoint is co-signed with a consistency proof from the first.
+        append(&hub, 7, "second").await;
+        assert!(matches!(
+            cosign_latest(&hub, &link).await.unwrap(),
+            Cosigned::Now { size: 12, .. }
+        ));
+        assert_eq!(
+            cosign_latest(&hub, &link).await.unwrap(),
+            Cosigned::Already(12)
+        );
+
+        // `coffer audit verify` needs both signatures on every checkpoint, and gets them.
+        let log = dir.join("log.json");
+        std::fs::write(&log, export(&hub).await).unwrap();
+        let hub_key = keys.audit_signer().verifier_key().to_string();
+        let outcome = run(&[
+            "audit",
+            "verify",
+            "--log",
+            log.to_str().unwrap(),
+            "--trust",
+            &hub_key,
+            "--trust",
+            &kms_key,
+        ]);
+        assert_eq!(outcome.code, 0, "{outcome:?}");
+
+        // A fork: the same hub key and origin, another history of 12 entries. The KMS has
+        // co-signed size 12 of the real log and refuses a different tree of that size; it
+        // refuses a shorter one as a truncation.
+        let forked = Hub::open(hub_config(dir, "fork.db", link.clone()))
+            .await
+            .unwrap();
+        append(&forked, 12, "forged").await;
+        match cosign_latest(&forked, &link).await {
+            Err(CosignError::Refused { code, size: 12, .. }) => assert_eq!(code, "checkpoint_fork"),
+            other => panic!("a fork must be refused, got {other:?}"),
+        }
+        let short = Hub::open(hub_config(dir, "short.db", link.clone()))
+            .await
+            .unwrap();
+        append(&short, 3, "short").await;
+        match cosign_latest(&short, &link).await {
+            Err(CosignError::Refused { code, .. }) => assert_eq!(code, "checkpoint_truncated"),
+            other => panic!("a truncation must be refused, got {other:?}"),
+        }
+        // Without simulation allowed, the sim KMS is not attested at all.
+        let strict = KmsLink {
+            allow_simulation: false,
+            ..link.clone()
+        };
+        append(&hub, 1, "third").await;
+        assert!(matches!(
+            cosign_latest(&hub, &strict).await,
+            Err(CosignError::NotAttested { .. })
+        ));
+    });
+    // Every decision is on the KMS's console as an audit line.
+    assert!(vm.serial().contains("checkpoint"), "{}", vm.serial());
+}
