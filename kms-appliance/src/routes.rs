@@ -9,6 +9,7 @@
 //! | `GET` | [`BACKUP_PATH`] | serving: a fresh backup (ciphertext under a root-derived key) |
 //! | `POST` | [`BACKUP_PATH`] | restoring: the backup to restore with the root key (before the last share) |
 //! | `POST` | [`COSIGN_PATH`] | serving: `{"token", "checkpoint", "proof"}` from the control plane; the co-signed note (see `KmsApi::cosign_checkpoint`) |
+//! | `POST` | [`AUDIT_EVENTS_PATH`] | serving: `{"token", "journal", "after", "limit"}` from the control plane; the audit journal after `after` (see `KmsApi::collect_audit`) |
 //!
 //! While restoring, the node's endpoint claims (bound into each answer's evidence) name the
 //! session's recipient and the split it expects, so an officer checks, with `coffer recovery
@@ -28,6 +29,7 @@ use hyper::body::Bytes;
 use hyper::{Method, Response, StatusCode};
 use tokio::sync::{oneshot, Mutex};
 
+pub use coffer_kms::api::AUDIT_EVENTS_PATH;
 pub use coffer_kms::checkpoint::COSIGN_PATH;
 pub use coffer_kms::recovery::endpoint::{
     BACKUP_PATH, COMMITMENT_CLAIM, KIT_PATH, RECIPIENT_CLAIM, SHARE_PATH, SPLIT_CLAIM, STATUS_PATH,
@@ -189,7 +191,12 @@ pub fn extension(state: Shared) -> Extension {
                     })
                 }
                 (Method::POST, COSIGN_PATH) => Some(cosign(&state, &body).await),
-                (_, KIT_PATH | STATUS_PATH | SHARE_PATH | BACKUP_PATH | COSIGN_PATH) => Some(error(
+                (Method::POST, AUDIT_EVENTS_PATH) => Some(collect(&state, &body).await),
+                (
+                    _,
+                    KIT_PATH | STATUS_PATH | SHARE_PATH | BACKUP_PATH | COSIGN_PATH
+                    | AUDIT_EVENTS_PATH,
+                ) => Some(error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "method not allowed on this route".into(),
                 )),
@@ -245,6 +252,42 @@ async fn cosign(state: &Shared, body: &[u8]) -> Response<Full<Bytes>> {
         &request.token,
         request.checkpoint.into_bytes(),
         proof,
+    )
+    .await
+}
+
+/// An audit journal collection, as posted.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CollectRequest {
+    token: String,
+    #[serde(default)]
+    journal: Option<String>,
+    after: u64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    coffer_kms::api::journal::MAX_PAGE
+}
+
+async fn collect(state: &Shared, body: &[u8]) -> Response<Full<Bytes>> {
+    let Some(api) = state.lock().await.api.clone() else {
+        return error(
+            StatusCode::CONFLICT,
+            "this KMS does not serve yet: no audit journal".into(),
+        );
+    };
+    let request: CollectRequest = match serde_json::from_slice(body) {
+        Ok(request) => request,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    api.collect_audit(
+        &request.token,
+        request.journal.as_deref(),
+        request.after,
+        request.limit,
     )
     .await
 }

@@ -3,8 +3,9 @@
 //! Opens the KMS state on the data disk (sealed under this guest's platform key; refused if
 //! tampered, rolled back or sealed by another image), builds the authorizer from the deployment
 //! manifest's `kms.authz`, and serves [`KmsApi`] over the attested mesh to the roles given with
-//! `--accept`, plus the attestation endpoint for people. Every decision goes to the audit sink
-//! before anything is released.
+//! `--accept`, plus the attestation endpoint for people. Every decision goes to the audit
+//! journal (and the console) before anything is released; the control plane collects the
+//! journal into its audit log ([`coffer_kms::api::journal`]).
 //!
 //! A blank data disk with a join hint (`coffer run --kms-join`, see
 //! [`coffer_types::JOIN_HINT_OFFSET`]) makes this KMS a replica or the upgraded image of an
@@ -27,10 +28,11 @@ use std::sync::Arc;
 use clap::Parser;
 use coffer_appliance::mesh::ServeArgs;
 use coffer_evidence::EvidenceProvider;
+use coffer_kms::api::AuditJournal;
 use coffer_kms::api::REPLICA_SNAPSHOT_PATH;
 use coffer_kms::rollback::Unanchored;
 use coffer_kms::store::{Location, SealingKey, Store};
-use coffer_kms::{Authorizer, AuthzConfig, Kms, KmsApi, LogAuditSink, Snapshot};
+use coffer_kms::{Authorizer, AuthzConfig, Kms, KmsApi, Snapshot};
 use coffer_mesh::http::MeshClient;
 use coffer_mesh::{MeshError, MeshNode};
 use coffer_types::{Role, DATA_DISK_RUNTIME_PATH};
@@ -197,7 +199,12 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
         );
         kit_json = Some(serde_json::to_string(&kit).map_err(|e| format!("recovery kit: {e}"))?);
     }
-    let api = Arc::new(KmsApi::new(kms, authorizer, Arc::new(LogAuditSink)));
+    // Every decision is journaled (and logged) until the control plane collects it.
+    let journal = Arc::new(
+        AuditJournal::new(coffer_kms::api::journal::DEFAULT_CAPACITY).map_err(|e| e.to_string())?,
+    );
+    tracing::info!(journal = journal.id(), "audit journal started");
+    let api = Arc::new(KmsApi::with_journal(kms, authorizer, journal));
     rt.block_on(crate::routes::serving(
         &recovery_state,
         kit_json,

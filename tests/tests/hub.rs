@@ -1,6 +1,7 @@
 //! The control plane and the KMS VM (sim platform, TCG): the hub asks the attested KMS to
 //! co-sign its audit checkpoints; the KMS co-signs only one linear history, so a forked log
-//! is refused; `coffer audit verify` checks the log against both keys.
+//! is refused; `coffer audit verify` checks the log against both keys; the KMS's decisions are
+//! collected into the hub's log.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coffer_hub::audit::cosign::{cosign_latest, CosignError, Cosigned};
+use coffer_hub::audit::kms_journal::Collector;
 use coffer_hub::audit::AuditRecord;
 use coffer_hub::config::KmsLink;
 use coffer_hub::keys::HubKeys;
@@ -67,7 +69,7 @@ async fn export(hub: &Hub) -> Vec<u8> {
 }
 
 #[test]
-fn the_kms_vm_co_signs_the_hubs_checkpoints_and_refuses_a_fork() {
+fn the_kms_vm_co_signs_the_hubs_checkpoints_refuses_a_fork_and_its_decisions_reach_the_log() {
     let images = tempfile::tempdir().unwrap();
     let image = images.path().join("kms");
     build_image(Role::Kms, &image, None);
@@ -190,6 +192,63 @@ fn the_kms_vm_co_signs_the_hubs_checkpoints_and_refuses_a_fork() {
             Err(CosignError::Refused { code, .. }) => assert_eq!(code, "checkpoint_truncated"),
             other => panic!("a truncation must be refused, got {other:?}"),
         }
+        // The KMS's decisions reach the hub's log: a refused co-signing request (not a valid
+        // token) is journaled by the KMS and collected, once.
+        let check = coffer_mesh::endpoint::check_endpoint(
+            &link.endpoint,
+            &coffer_mesh::Trust::from_manifest(
+                &link.manifest,
+                coffer_mesh::Simulation::DangerousAccept,
+            )
+            .unwrap(),
+            Some(Role::Kms),
+        )
+        .await
+        .unwrap();
+        let (status, _) = coffer_mesh::endpoint::request_attested(
+            &link.endpoint,
+            &check.tls_spki_sha256,
+            hyper::Method::POST,
+            coffer_kms::checkpoint::COSIGN_PATH,
+            json!({"token": "not.a.token", "checkpoint": "x\n", "proof": []})
+                .to_string()
+                .into(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 403);
+        let mut collector = Collector::new();
+        let appended = collector.collect(&hub, &link).await.unwrap();
+        assert!(appended >= 1, "appended {appended}");
+        assert_eq!(
+            collector.collect(&hub, &link).await.unwrap(),
+            0,
+            "collected twice"
+        );
+        let actions: Vec<String> = sqlx::query("SELECT body FROM audit_entries ORDER BY idx")
+            .fetch_all(&hub.db)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let v: serde_json::Value =
+                    serde_json::from_str(&r.try_get::<String, _>("body").unwrap()).unwrap();
+                format!(
+                    "{} {}",
+                    v["action"].as_str().unwrap(),
+                    v["outcome"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert!(
+            actions.contains(&"kms.journal_started ok".to_owned()),
+            "{actions:?}"
+        );
+        assert!(
+            actions.contains(&"kms.sign_checkpoint denied".to_owned()),
+            "{actions:?}"
+        );
+
         // Without simulation allowed, the sim KMS is not attested at all.
         let strict = KmsLink {
             allow_simulation: false,

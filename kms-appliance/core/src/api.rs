@@ -76,8 +76,10 @@ use crate::kms::{Kms, KmsError, OrgKeyInfo};
 use crate::KEY_LEN;
 
 mod audit;
+pub mod journal;
 
 pub use self::audit::{AuditError, AuditSink, LogAuditSink, MemoryAuditSink};
+pub use self::journal::{AuditJournal, JournalPage, AUDIT_EVENTS_PATH};
 
 /// `GET`: the caller's attested role and measurement as the KMS saw them (diagnostics; no
 /// credential needed, nothing released, not audited).
@@ -397,6 +399,7 @@ pub struct KmsApi {
     kms: Arc<Mutex<Kms>>,
     authorizer: Authorizer,
     audit: Arc<dyn AuditSink>,
+    journal: Option<Arc<AuditJournal>>,
 }
 
 impl std::fmt::Debug for KmsApi {
@@ -414,7 +417,58 @@ impl KmsApi {
             kms: Arc::new(Mutex::new(kms)),
             authorizer,
             audit,
+            journal: None,
         }
+    }
+
+    /// Serves `kms`, recording every decision in `journal`, which the control plane collects
+    /// ([`KmsApi::collect_audit`]).
+    pub fn with_journal(kms: Kms, authorizer: Authorizer, journal: Arc<AuditJournal>) -> Self {
+        Self {
+            journal: Some(journal.clone()),
+            ..Self::new(kms, authorizer, journal)
+        }
+    }
+
+    /// The control plane collects the journal: `token` an audit collection request of a
+    /// control-plane issuer; acknowledges the events up to `after` of `journal` (see
+    /// [`AuditJournal::collect`]) and answers the [`JournalPage`] after it (JSON). A denial is
+    /// journaled and answered 403; without a journal, 404.
+    pub async fn collect_audit(
+        &self,
+        token: &str,
+        journal_id: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Response<Body> {
+        let result = async {
+            let journal = self.journal.as_ref().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "no_journal",
+                    "this KMS keeps no audit journal",
+                )
+            })?;
+            let decision = self
+                .authorizer
+                .authorize_audit_collect(token, SystemTime::now());
+            self.enforce(&decision)?;
+            let page = journal.collect(journal_id, after, limit).map_err(|e| {
+                tracing::error!(error = %e, "cannot read the audit journal");
+                ApiError::internal("audit_unavailable")
+            })?;
+            json_value(StatusCode::OK, &page)
+        }
+        .await;
+        match result {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        }
+    }
+
+    /// The audit journal, if the API records into one.
+    pub fn journal(&self) -> Option<&Arc<AuditJournal>> {
+        self.journal.as_ref()
     }
 
     /// The KMS behind the API, shared (for maintenance in the appliance, and benchmarks that

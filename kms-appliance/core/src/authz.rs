@@ -78,9 +78,10 @@ pub use self::decision::{
 };
 use self::token::{verify, Expect};
 pub use self::token::{
-    Approval, ApprovalPolicy, Audience, CheckpointRequestClaims, GrantDataset, IdentityClaims,
-    JobGrantClaims, OrgRole, Recipient, ALLOWED_ALGORITHMS, AUDIENCE, CHECKPOINT_REQUEST_TYP,
-    IDENTITY_TOKEN_TYP, JOB_GRANT_TYP, MAX_CHECKPOINT_REQUEST_LIFETIME_SECS,
+    Approval, ApprovalPolicy, Audience, AuditCollectClaims, CheckpointRequestClaims, GrantDataset,
+    IdentityClaims, JobGrantClaims, OrgRole, Recipient, ALLOWED_ALGORITHMS, AUDIENCE,
+    AUDIT_COLLECT_TYP, CHECKPOINT_REQUEST_TYP, IDENTITY_TOKEN_TYP, JOB_GRANT_TYP,
+    MAX_AUDIT_COLLECT_LIFETIME_SECS, MAX_CHECKPOINT_REQUEST_LIFETIME_SECS,
 };
 
 /// Installs the ring-based crypto provider this module verifies (and the control plane signs)
@@ -192,6 +193,38 @@ impl Authorizer {
             || "root key and state handed to a pinned kms replica".to_owned(),
         );
         audit.subject = peer.map(|p| format!("kms:{}", hex::encode(p.measurement)));
+        Decision { denial, audit }
+    }
+
+    /// Decides whether the control plane presenting `token` may collect the audit journal: an
+    /// [`AUDIT_COLLECT_TYP`] token of a *control plane* issuer (not OIDC), audience `kms`, at
+    /// most [`MAX_AUDIT_COLLECT_LIFETIME_SECS`] long. The event's org is `*`.
+    pub fn authorize_audit_collect(&self, token: &str, now: SystemTime) -> Decision {
+        let now = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let expect = Expect {
+            typ: AUDIT_COLLECT_TYP,
+            grant: true,
+            max_lifetime: MAX_AUDIT_COLLECT_LIFETIME_SECS,
+            skew: self.config.clock_skew_secs,
+        };
+        let verified = verify::<AuditCollectClaims>(&self.issuers, token, &expect, now);
+        let denial = verified.as_ref().err().cloned();
+        let mut audit = event(
+            now,
+            None,
+            Operation::CollectAudit,
+            "*",
+            denial.as_ref(),
+            || "audit journal collected by the control plane".to_owned(),
+        );
+        if let Ok(claims) = verified {
+            audit.subject = Some(format!("control-plane:{}", claims.sub));
+            audit.issuer = Some(claims.iss);
+            audit.credential_id = Some(claims.jti);
+        }
         Decision { denial, audit }
     }
 

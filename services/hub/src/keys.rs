@@ -12,8 +12,8 @@ use std::path::Path;
 
 use base64ct::{Base64UrlUnpadded, Encoding};
 use coffer_kms::authz::{
-    Audience, CheckpointRequestClaims, IdentityClaims, JobGrantClaims, AUDIENCE,
-    CHECKPOINT_REQUEST_TYP, IDENTITY_TOKEN_TYP, JOB_GRANT_TYP,
+    Audience, AuditCollectClaims, CheckpointRequestClaims, IdentityClaims, JobGrantClaims,
+    AUDIENCE, AUDIT_COLLECT_TYP, CHECKPOINT_REQUEST_TYP, IDENTITY_TOKEN_TYP, JOB_GRANT_TYP,
 };
 use coffer_tlog::note::NoteSigner;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -193,6 +193,11 @@ impl HubKeys {
         claims: &CheckpointRequestClaims,
     ) -> Result<String, KeyError> {
         self.sign(CHECKPOINT_REQUEST_TYP, claims)
+    }
+
+    /// Signs a request to collect the KMS's audit journal.
+    pub fn sign_audit_collect(&self, claims: &AuditCollectClaims) -> Result<String, KeyError> {
+        self.sign(AUDIT_COLLECT_TYP, claims)
     }
 
     /// The audience of every credential.

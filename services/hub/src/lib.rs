@@ -38,8 +38,10 @@ pub mod workflow;
 pub use config::HubConfig;
 pub use state::{Hub, Writer};
 
-/// Starts the hub's background work: webhook deliveries and audit checkpoints.
+/// Starts the hub's background work: webhook deliveries, audit checkpoints (co-signed by the
+/// KMS when the hub has a KMS link) and the collection of the KMS's decisions.
 pub fn spawn_workers(hub: &std::sync::Arc<Hub>) {
     notify::spawn_worker(hub.clone());
     audit::spawn_checkpointer(hub.clone());
+    audit::kms_journal::spawn_collector(hub.clone());
 }

@@ -1,6 +1,7 @@
 //! Where the API's decisions go: the [`AuditSink`] trait, [`MemoryAuditSink`] for tests and
-//! benchmarks, and [`LogAuditSink`], which the appliance uses until the audit log of the control
-//! plane (issue 6) takes the events: one JSON line per decision on the console.
+//! benchmarks, and [`LogAuditSink`] (one JSON line per decision on the console). The appliance
+//! records into the [`AuditJournal`](super::AuditJournal), which also logs each line and holds
+//! the events until the control plane collects them into its audit log.
 
 use std::sync::Mutex;
 

@@ -136,6 +136,9 @@ pub enum Operation {
     /// An audit checkpoint co-signed for the control plane; see
     /// [`super::Authorizer::authorize_checkpoint`].
     SignCheckpoint,
+    /// The control plane collecting the audit journal; see
+    /// [`super::Authorizer::authorize_audit_collect`].
+    CollectAudit,
 }
 
 /// Why a request was denied: a stable code (its serde name, also [`Reason::code`]).

@@ -23,6 +23,11 @@ pub const CHECKPOINT_REQUEST_TYP: &str = "coffer-checkpoint+jwt";
 /// The longest lifetime of a checkpoint request (5 min): it authorises one checkpoint, now.
 pub const MAX_CHECKPOINT_REQUEST_LIFETIME_SECS: u64 = 300;
 
+/// The JWT `typ` of a control plane's request to collect the KMS's audit journal.
+pub const AUDIT_COLLECT_TYP: &str = "coffer-audit-collect+jwt";
+/// The longest lifetime of an audit collection request (5 min).
+pub const MAX_AUDIT_COLLECT_LIFETIME_SECS: u64 = 300;
+
 /// The algorithms a credential may be signed with (each key allows exactly one of them).
 pub const ALLOWED_ALGORITHMS: [Algorithm; 3] =
     [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256];
@@ -224,6 +229,29 @@ pub struct CheckpointRequestClaims {
     pub checkpoint_sha256: String,
 }
 
+/// The claims of an audit collection request: the control plane collects the decisions the
+/// KMS journaled. Our own control plane writes them: unknown fields are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditCollectClaims {
+    /// The issuer: a configured control plane (an OIDC issuer is refused).
+    pub iss: String,
+    /// Who asks (informational).
+    pub sub: String,
+    /// Must be `kms`.
+    pub aud: Audience,
+    /// Issued at.
+    pub iat: u64,
+    /// Expires at (at most [`MAX_AUDIT_COLLECT_LIFETIME_SECS`] after `iat`).
+    pub exp: u64,
+    /// Not before (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// The request's unique id.
+    pub jti: String,
+}
+
+time_claims!(AuditCollectClaims);
 time_claims!(IdentityClaims);
 time_claims!(CheckpointRequestClaims);
 time_claims!(JobGrantClaims);

@@ -27,6 +27,7 @@
 
 mod checkpoint;
 pub mod cosign;
+pub mod kms_journal;
 mod routes;
 
 pub use checkpoint::{
