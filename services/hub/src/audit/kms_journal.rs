@@ -161,7 +161,7 @@ impl Collector {
 
 /// The journal collected last and how far (`None, 0` before the first).
 async fn position(hub: &Hub) -> Result<(Option<String>, u64), ApiError> {
-    let row = sqlx::query("SELECT journal, last_seq FROM kms_journals ORDER BY updated_at DESC, first_seen DESC LIMIT 1")
+    let row = sqlx::query("SELECT journal, last_seq FROM kms_journals ORDER BY ord DESC LIMIT 1")
         .fetch_optional(&hub.db)
         .await?;
     Ok(match row {
@@ -185,14 +185,17 @@ async fn append_page(hub: &Hub, page: Page) -> Result<u64, ApiError> {
         Some(r) => u64::try_from(r.try_get::<i64, _>("last_seq")?).unwrap_or(0),
         None => {
             let previous = sqlx::query(
-                "SELECT journal, last_seq FROM kms_journals ORDER BY updated_at DESC, first_seen DESC LIMIT 1",
+                "SELECT ord, journal, last_seq FROM kms_journals ORDER BY ord DESC LIMIT 1",
             )
             .fetch_optional(w.conn())
             .await?;
-            let previous = match previous {
-                Some(r) => json!({"journal": r.try_get::<String, _>("journal")?,
-                                  "collected_to": r.try_get::<i64, _>("last_seq")?}),
-                None => serde_json::Value::Null,
+            let (ord, previous) = match previous {
+                Some(r) => (
+                    r.try_get::<i64, _>("ord")? + 1,
+                    json!({"journal": r.try_get::<String, _>("journal")?,
+                           "collected_to": r.try_get::<i64, _>("last_seq")?}),
+                ),
+                None => (1, serde_json::Value::Null),
             };
             w.audit(
                 AuditRecord::ok("kms", "kms.journal_started")
@@ -201,8 +204,9 @@ async fn append_page(hub: &Hub, page: Page) -> Result<u64, ApiError> {
             )
             .await?;
             sqlx::query(
-                "INSERT INTO kms_journals (journal, last_seq, first_seen, updated_at) VALUES ($1, 0, $2, $2)",
+                "INSERT INTO kms_journals (ord, journal, last_seq, first_seen, updated_at) VALUES ($1, $2, 0, $3, $3)",
             )
+            .bind(ord)
             .bind(&page.journal)
             .bind(now)
             .execute(w.conn())
@@ -277,4 +281,103 @@ pub fn spawn_collector(hub: std::sync::Arc<Hub>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coffer_kms::authz::Operation;
+
+    fn event(outcome: Outcome) -> AuditEvent {
+        AuditEvent {
+            time: 1,
+            peer_role: Some(Role::Client),
+            peer_measurement: None,
+            subject: Some("user:alice".into()),
+            issuer: None,
+            credential_id: None,
+            operation: Operation::UnwrapDataKey,
+            org: "acme".into(),
+            workspace: None,
+            key_id: Some("0123456789abcdef0123456789abcdef".into()),
+            outcome,
+            reason: None,
+            message: String::new(),
+        }
+    }
+
+    fn page(journal: &str, seqs: &[u64]) -> Page {
+        Page {
+            journal: journal.into(),
+            events: seqs
+                .iter()
+                .map(|&seq| Entry {
+                    seq,
+                    event: event(if seq % 2 == 0 {
+                        Outcome::Denied
+                    } else {
+                        Outcome::Allowed
+                    }),
+                })
+                .collect(),
+        }
+    }
+
+    async fn actions(hub: &Hub) -> Vec<String> {
+        sqlx::query("SELECT body FROM audit_entries ORDER BY idx")
+            .fetch_all(&hub.db)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let v: serde_json::Value =
+                    serde_json::from_str(&r.try_get::<String, _>("body").unwrap()).unwrap();
+                format!("{} {} {}", v["action"], v["outcome"], v["detail"]["seq"])
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn each_decision_is_appended_once_and_a_new_journal_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Hub::open(crate::HubConfig {
+            database_url: format!("sqlite://{}", dir.path().join("hub.db").display()),
+            state_dir: dir.path().join("state"),
+            issuer: "https://hub.test".into(),
+            audit_origin: "coffer/test/audit".into(),
+            oidc: Vec::new(),
+            kms: None,
+        })
+        .await
+        .unwrap();
+        assert_eq!(append_page(&hub, page("a", &[1, 2])).await.unwrap(), 2);
+        // A page seen again (the hub crashed before its next request acknowledged it) adds
+        // only what is new.
+        assert_eq!(append_page(&hub, page("a", &[1, 2, 3])).await.unwrap(), 1);
+        assert_eq!(position(&hub).await.unwrap(), (Some("a".into()), 3));
+        // The KMS restarted: a new journal, recorded with how far the previous one was read.
+        assert_eq!(append_page(&hub, page("b", &[1])).await.unwrap(), 1);
+        assert_eq!(position(&hub).await.unwrap(), (Some("b".into()), 1));
+        assert_eq!(
+            actions(&hub).await,
+            [
+                "\"kms.journal_started\" \"ok\" null",
+                "\"kms.unwrap_data_key\" \"ok\" 1",
+                "\"kms.unwrap_data_key\" \"denied\" 2",
+                "\"kms.unwrap_data_key\" \"ok\" 3",
+                "\"kms.journal_started\" \"ok\" null",
+                "\"kms.unwrap_data_key\" \"ok\" 1",
+            ]
+        );
+        let started: String = sqlx::query("SELECT body FROM audit_entries WHERE idx = 4")
+            .fetch_one(&hub.db)
+            .await
+            .unwrap()
+            .try_get("body")
+            .unwrap();
+        assert!(
+            started.contains(r#""previous":{"collected_to":3,"journal":"a"}"#),
+            "{started}"
+        );
+    }
 }
