@@ -59,3 +59,13 @@ if ! "$venv/bin/sev-snp-measure" --help >/dev/null 2>&1 || ! grep -qx 'Version: 
 else
   say "sev-snp-measure 0.0.13 present in $venv"
 fi
+
+# Schemathesis, which fuzzes the control plane's HTTP API against the OpenAPI description the hub
+# serves (services/hub/tests/schemathesis.rs fails, naming this script, without it): same venv.
+installed=$("$venv/bin/python" -m pip show schemathesis 2>/dev/null || true)
+if ! "$venv/bin/schemathesis" --version >/dev/null 2>&1 || ! grep -qx 'Version: 4.32.5' <<<"$installed"; then
+  say "installing schemathesis 4.32.5 (PyPI) into $venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check schemathesis==4.32.5
+else
+  say "schemathesis 4.32.5 present in $venv"
+fi

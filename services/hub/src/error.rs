@@ -3,10 +3,15 @@
 //! Internal failures (the database) are logged with their cause and answered with a generic
 //! message: a caller never sees SQL or server paths.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
 /// An error answered to an API caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,9 +92,32 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// The body of every error answer: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What was wrong.
+    pub error: ErrorDetail,
+}
+
+/// An error's code and message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable code (`snake_case`) clients can match on.
+    #[schema(example = "not_found")]
+    pub code: String,
+    /// What was wrong, for people.
+    #[schema(example = "org \"acme\" not found")]
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
@@ -124,10 +152,37 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// A JSON body whose rejection is an [`ApiError`] (`invalid_body`, naming the field).
-#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        Self::new(e.status(), "invalid_path", e.body_text())
+    }
+}
+
+/// A JSON body whose rejection is an [`ApiError`] (`invalid_body`, naming the field). Text
+/// with a NUL character is refused too (PostgreSQL cannot store it, and no name, URL or
+/// message of the hub's needs one).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let bytes =
+            axum::body::Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+                .await
+                .map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
+        let again = Request::from_parts(parts, axum::body::Body::from(bytes.clone()));
+        let axum::Json(value) = axum::Json::<T>::from_request(again, state).await?;
+        reject_nul_in_body(&bytes)?;
+        Ok(Self(value))
+    }
+}
 
 impl<T: serde::Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
@@ -135,16 +190,112 @@ impl<T: serde::Serialize> IntoResponse for Json<T> {
     }
 }
 
-/// A query string whose rejection is an [`ApiError`] (`invalid_query`).
-#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
+/// A query string whose rejection is an [`ApiError`] (`invalid_query`); a parameter with a
+/// NUL character (`%00`) is refused by name.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        if let Some(pair) = query.split('&').find(|pair| pair.contains("%00")) {
+            let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("query parameter {name:?} contains a NUL character (%00)"),
+            ));
+        }
+        let axum::extract::Query(value) =
+            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// Path parameters whose rejection is an [`ApiError`] (`invalid_path`: not UTF-8 once
+/// percent-decoded, or with a NUL character).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        if let Some(segment) = parts.uri.path().split('/').find(|s| s.contains("%00")) {
+            return Err(ApiError::bad_request(
+                "invalid_path",
+                format!("path segment {segment:?} contains a NUL character (%00)"),
+            ));
+        }
+        let axum::extract::Path(value) =
+            axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// 400 if a JSON body (known to parse) has a NUL character in a string or a key, naming where.
+fn reject_nul_in_body(bytes: &[u8]) -> ApiResult<()> {
+    // A NUL can only be written `\u0000` in JSON: most bodies are passed over without parsing.
+    if !bytes.windows(6).any(|w| w == b"\\u0000") {
+        return Ok(());
+    }
+    let Ok(value) = serde_json::from_slice::<Value>(bytes) else {
+        return Ok(());
+    };
+    match nul_at(&value, String::new()) {
+        Some(at) => Err(ApiError::bad_request(
+            "invalid_body",
+            format!("request body: {at} contains a NUL character (\\u0000)"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Where in `value` (below `at`) a string or key has a NUL character, if anywhere.
+fn nul_at(value: &Value, at: String) -> Option<String> {
+    let here = |at: String| {
+        if at.is_empty() {
+            "the body".to_owned()
+        } else {
+            at
+        }
+    };
+    match value {
+        Value::String(s) if s.contains('\0') => Some(here(at)),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_at(v, format!("{at}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let field = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            if k.contains('\0') {
+                Some(format!("a key of {}", here(at.clone())))
+            } else {
+                nul_at(v, field)
+            }
+        }),
+        _ => None,
+    }
+}
 
 /// The result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;
 
-/// An optional JSON body: an empty body is `T::default()`; anything else must parse as `T`
-/// (a malformed body is refused with `invalid_body`, never taken as empty).
+/// An optional JSON body: an empty body (or `null`) is `T::default()`; anything else must parse
+/// as `T` (a malformed body is refused with `invalid_body`, never taken as empty).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OptionalJson<T>(pub T);
 
@@ -162,8 +313,9 @@ where
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(T::default()));
         }
-        serde_json::from_slice(&bytes)
-            .map(Self)
-            .map_err(|e| ApiError::bad_request("invalid_body", format!("request body: {e}")))
+        let value: Option<T> = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request("invalid_body", format!("request body: {e}")))?;
+        reject_nul_in_body(&bytes)?;
+        Ok(Self(value.unwrap_or_default()))
     }
 }

@@ -32,6 +32,7 @@ pub mod db;
 pub mod error;
 pub mod keys;
 pub mod notify;
+pub mod openapi;
 pub mod state;
 pub mod workflow;
 

@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A job's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Being written; not visible to approvers.
@@ -256,7 +256,8 @@ pub mod policy {
     }
 
     /// Where one dataset's policy stands.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+    #[schema(as = PolicyStatus)]
     pub struct Status {
         /// Distinct approvers that count.
         pub have: u32,

@@ -1,35 +1,43 @@
 //! Signing in and out, users, service accounts, and the identity tokens the KMS checks.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::Router;
 use coffer_kms::authz::{IdentityClaims, OrgRole};
 use coffer_kms::OrgId;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::Row;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use zeroize::Zeroizing;
 
 use crate::audit::AuditRecord;
 use crate::auth::{self, password, Caller};
 use crate::config::{IDENTITY_TOKEN_LIFETIME_SECS, LOGIN_MAX_FAILURES, LOGIN_WINDOW_SECS};
-use crate::error::{ApiError, ApiResult, Json};
+use crate::error::{ApiError, ApiResult, ErrorBody, Json};
 use crate::state::Hub;
 
-pub(super) fn routes() -> Router<Arc<Hub>> {
-    Router::new()
-        .route("/v1/auth/login", post(login))
-        .route("/v1/auth/oidc", post(login_oidc))
-        .route("/v1/auth/logout", post(logout))
-        .route("/v1/me", get(me))
-        .route("/v1/users", post(create_user).get(list_users))
-        .route("/v1/service-accounts", post(create_service_account))
-        .route("/v1/tokens/identity", post(identity_token))
-        .route("/.well-known/jwks.json", get(jwks))
+pub(super) fn routes() -> OpenApiRouter<Arc<Hub>> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(login_oidc))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(create_user, list_users))
+        .routes(routes!(create_service_account))
+        .routes(routes!(identity_token))
+        .routes(routes!(jwks))
 }
+
+/// The longest OIDC issuer accepted when linking an identity, in bytes.
+pub const MAX_OIDC_ISSUER_LEN: usize = 1024;
+/// The longest OIDC subject accepted when linking an identity, in bytes (OpenID Connect Core
+/// 1.0 §2: at most 255 ASCII characters).
+pub const MAX_OIDC_SUBJECT_LEN: usize = 255;
 
 /// A user name: 1-64 of `a-z 0-9 . _ -`, starting with a letter or digit.
 pub(crate) fn check_username(name: &str) -> ApiResult<()> {
@@ -51,17 +59,52 @@ pub(crate) fn check_username(name: &str) -> ApiResult<()> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LoginRequest {
+    /// The user name.
+    #[schema(example = "alice", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
     username: String,
+    /// The password.
+    #[schema(value_type = String, format = Password)]
     password: Zeroizing<String>,
 }
 
+/// A new session: its bearer token (shown once) and when it ends.
+#[derive(Serialize, ToSchema)]
+struct Session {
+    /// The session token (`cs_…`), for `Authorization: Bearer`.
+    token: String,
+    /// When the session ends (seconds since the Unix epoch).
+    expires_at: i64,
+}
+
+/// Signs in with a user name and password.
+///
+/// After too many failures for one user name within the window, sign-in is refused (429) for
+/// that name until the oldest failure leaves the window, even with the right password.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/login",
+    tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in", body = Session),
+        (status = 400, description = "The body is malformed, or the user name cannot be one \
+         (`invalid_body`, `invalid_username`)", body = ErrorBody),
+        (status = 401, description = "Wrong user name or password (`unauthenticated`)",
+         body = ErrorBody),
+        (status = 429, description = "Too many failed sign-ins for this user name \
+         (`too_many_attempts`)", body = ErrorBody,
+         headers(("Retry-After" = u64, description = "Seconds until sign-in is possible again"))),
+    )
+)]
 async fn login(
     State(hub): State<Arc<Hub>>,
     Json(req): Json<LoginRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Session>> {
+    // A name that cannot be a user's is refused before anything is recorded under it.
+    check_username(&req.username)?;
     let actor = format!(
         "anonymous:{}",
         req.username.chars().take(64).collect::<String>()
@@ -97,7 +140,7 @@ async fn login(
             )
             .await?;
             w.commit().await?;
-            Ok(Json(json!({"token": token, "expires_at": expires_at})))
+            Ok(Json(Session { token, expires_at }))
         }
         _ => {
             sqlx::query("INSERT INTO login_failures (username, at) VALUES ($1, $2)")
@@ -175,16 +218,29 @@ async fn rate_limited(hub: &Hub, username: &str, actor: &str) -> ApiError {
     err
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OidcLoginRequest {
+    /// An ID token (a JWT) from a configured OIDC issuer, for this hub's client id.
     id_token: String,
 }
 
+/// Signs in with an OIDC ID token whose identity an administrator linked to a user.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/oidc",
+    tag = "auth",
+    request_body = OidcLoginRequest,
+    responses(
+        (status = 200, description = "Signed in", body = Session),
+        (status = 401, description = "The ID token is refused (`unauthenticated`), or its \
+         identity is linked to no user (`oidc_identity_unknown`)", body = ErrorBody),
+    )
+)]
 async fn login_oidc(
     State(hub): State<Arc<Hub>>,
     Json(req): Json<OidcLoginRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Session>> {
     let identity = match hub.oidc.verify(&req.id_token) {
         Ok(i) => i,
         Err(e) => {
@@ -229,9 +285,21 @@ async fn login_oidc(
     )
     .await?;
     w.commit().await?;
-    Ok(Json(json!({"token": token, "expires_at": expires_at})))
+    Ok(Json(Session { token, expires_at }))
 }
 
+/// Signs out: ends the session whose token the request carries.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/logout",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Signed out"),
+        (status = 403, description = "A service account has no session (`forbidden`)",
+         body = ErrorBody),
+    )
+)]
 async fn logout(
     State(hub): State<Arc<Hub>>,
     headers: axum::http::HeaderMap,
@@ -254,9 +322,63 @@ async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn me(State(hub): State<Arc<Hub>>, caller: Caller) -> ApiResult<Json<Value>> {
+/// Who the caller is: a user, or a service account.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+enum Me {
+    /// A user.
+    User(UserMe),
+    /// A service account.
+    Service(ServiceMe),
+}
+
+/// A signed-in user, their roles and workspaces.
+#[derive(Serialize, ToSchema)]
+struct UserMe {
+    /// The user's id.
+    id: String,
+    /// The user name.
+    username: String,
+    /// Whether they are a deployment administrator.
+    admin: bool,
+    /// The orgs they belong to, by org id.
+    orgs: BTreeMap<String, Membership>,
+}
+
+/// A user's place in one org.
+#[derive(Default, Serialize, ToSchema)]
+struct Membership {
+    /// Their roles.
+    #[schema(schema_with = crate::openapi::org_roles)]
+    roles: Vec<String>,
+    /// The workspaces they are a member of (absent: none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    workspaces: Vec<String>,
+}
+
+/// A service account.
+#[derive(Serialize, ToSchema)]
+struct ServiceMe {
+    /// Its name.
+    service: String,
+    /// Its kind (`scheduler`).
+    kind: String,
+}
+
+/// Who the caller is, and (for a user) their roles and workspaces in each org.
+#[utoipa::path(
+    get,
+    path = "/v1/me",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses((status = 200, description = "The caller", body = Me))
+)]
+async fn me(State(hub): State<Arc<Hub>>, caller: Caller) -> ApiResult<Json<Me>> {
     match &caller {
-        Caller::Service(s) => Ok(Json(json!({"service": s.name, "kind": s.kind}))),
+        Caller::Service(s) => Ok(Json(Me::Service(ServiceMe {
+            service: s.name.clone(),
+            kind: s.kind.clone(),
+        }))),
         Caller::User(u) => {
             let rows = sqlx::query(
                 "SELECT org_id, role FROM memberships WHERE user_id = $1 ORDER BY org_id, role",
@@ -264,14 +386,11 @@ async fn me(State(hub): State<Arc<Hub>>, caller: Caller) -> ApiResult<Json<Value
             .bind(&u.id)
             .fetch_all(&hub.db)
             .await?;
-            let mut orgs = serde_json::Map::new();
+            let mut orgs: BTreeMap<String, Membership> = BTreeMap::new();
             for row in rows {
                 let org: String = row.try_get("org_id")?;
                 let role: String = row.try_get("role")?;
-                let entry = orgs.entry(org).or_insert_with(|| json!({"roles": []}));
-                if let Some(list) = entry["roles"].as_array_mut() {
-                    list.push(Value::String(role));
-                }
+                orgs.entry(org).or_default().roles.push(role);
             }
             let ws = sqlx::query("SELECT org_id, workspace FROM workspace_members WHERE user_id = $1 ORDER BY org_id, workspace")
                 .bind(&u.id)
@@ -280,47 +399,104 @@ async fn me(State(hub): State<Arc<Hub>>, caller: Caller) -> ApiResult<Json<Value
             for row in ws {
                 let org: String = row.try_get("org_id")?;
                 let workspace: String = row.try_get("workspace")?;
-                let entry = orgs.entry(org).or_insert_with(|| json!({"roles": []}));
-                match entry.get_mut("workspaces").and_then(Value::as_array_mut) {
-                    Some(list) => list.push(Value::String(workspace)),
-                    None => entry["workspaces"] = json!([workspace]),
-                }
+                orgs.entry(org).or_default().workspaces.push(workspace);
             }
-            Ok(Json(
-                json!({"id": u.id, "username": u.username, "admin": u.is_admin, "orgs": orgs}),
-            ))
+            Ok(Json(Me::User(UserMe {
+                id: u.id.clone(),
+                username: u.username.clone(),
+                admin: u.is_admin,
+                orgs,
+            })))
         }
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateUser {
+    /// The sign-in name: 1-64 of `a-z 0-9 . _ -`, starting with a letter or digit.
+    #[schema(example = "carol", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
     username: String,
+    /// A name for people (default: the user name).
     #[serde(default)]
     display_name: Option<String>,
+    /// A password (at least 12 characters, at most 1024 bytes).
     #[serde(default)]
+    #[schema(value_type = Option<String>, format = Password)]
     password: Option<Zeroizing<String>>,
+    /// An OIDC identity to sign in with. A user needs a password, an OIDC identity, or both.
     #[serde(default)]
     oidc: Option<OidcLink>,
+    /// Whether the user is a deployment administrator.
     #[serde(default)]
     admin: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OidcLink {
+    /// The issuer (`iss`), as configured.
     issuer: String,
+    /// The subject (`sub`) the issuer names the person by.
     subject: String,
 }
 
+/// 400 unless an OIDC identity to link has an issuer and a subject of sensible lengths.
+fn check_oidc_link(link: &OidcLink) -> ApiResult<()> {
+    let bad = |what: &str, value: &str, max: usize| {
+        ApiError::bad_request(
+            "invalid_oidc",
+            format!(
+                "OIDC {what} is {} bytes; 1 to {max} are accepted",
+                value.len()
+            ),
+        )
+    };
+    if link.issuer.is_empty() || link.issuer.len() > MAX_OIDC_ISSUER_LEN {
+        return Err(bad("issuer", &link.issuer, MAX_OIDC_ISSUER_LEN));
+    }
+    if link.subject.is_empty() || link.subject.len() > MAX_OIDC_SUBJECT_LEN {
+        return Err(bad("subject", &link.subject, MAX_OIDC_SUBJECT_LEN));
+    }
+    Ok(())
+}
+
+/// A user, as created.
+#[derive(Serialize, ToSchema)]
+struct CreatedUser {
+    /// Its id.
+    id: String,
+    /// Its user name.
+    username: String,
+}
+
+/// Creates a user (deployment administrators).
+#[utoipa::path(
+    post,
+    path = "/v1/users",
+    tag = "users",
+    request_body = CreateUser,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = CreatedUser),
+        (status = 400, description = "A field is invalid (`invalid_username`, `no_credential`, \
+         `weak_password`, `invalid_password`, `invalid_oidc`, `invalid_body`)", body = ErrorBody),
+        (status = 403, description = "The caller is not a deployment administrator \
+         (`forbidden`)", body = ErrorBody),
+        (status = 409, description = "The user name is taken (`user_exists`), or the OIDC \
+         identity is linked already (`oidc_identity_linked`)", body = ErrorBody),
+    )
+)]
 async fn create_user(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Json(req): Json<CreateUser>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<CreatedUser>)> {
     caller.admin()?;
     check_username(&req.username)?;
+    if let Some(link) = &req.oidc {
+        check_oidc_link(link)?;
+    }
     if req.password.is_none() && req.oidc.is_none() {
         return Err(ApiError::bad_request(
             "no_credential",
@@ -392,11 +568,46 @@ async fn create_user(
     w.commit().await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": id, "username": req.username})),
+        Json(CreatedUser {
+            id,
+            username: req.username,
+        }),
     ))
 }
 
-async fn list_users(State(hub): State<Arc<Hub>>, caller: Caller) -> ApiResult<Json<Value>> {
+/// The users of the deployment.
+#[derive(Serialize, ToSchema)]
+struct UserList {
+    /// Every user, by user name.
+    users: Vec<UserInfo>,
+}
+
+/// A user, as listed.
+#[derive(Serialize, ToSchema)]
+struct UserInfo {
+    /// Its id.
+    id: String,
+    /// Its user name.
+    username: String,
+    /// Its name for people.
+    display_name: String,
+    /// Whether it is a deployment administrator.
+    admin: bool,
+}
+
+/// Lists the users (deployment administrators).
+#[utoipa::path(
+    get,
+    path = "/v1/users",
+    tag = "users",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The users", body = UserList),
+        (status = 403, description = "The caller is not a deployment administrator \
+         (`forbidden`)", body = ErrorBody),
+    )
+)]
+async fn list_users(State(hub): State<Arc<Hub>>, caller: Caller) -> ApiResult<Json<UserList>> {
     caller.admin()?;
     let rows =
         sqlx::query("SELECT id, username, display_name, is_admin FROM users ORDER BY username")
@@ -405,28 +616,60 @@ async fn list_users(State(hub): State<Arc<Hub>>, caller: Caller) -> ApiResult<Js
     let mut users = Vec::new();
     for r in rows {
         let admin: i64 = r.try_get("is_admin")?;
-        users.push(json!({
-            "id": r.try_get::<String, _>("id")?,
-            "username": r.try_get::<String, _>("username")?,
-            "display_name": r.try_get::<String, _>("display_name")?,
-            "admin": admin != 0,
-        }));
+        users.push(UserInfo {
+            id: r.try_get("id")?,
+            username: r.try_get("username")?,
+            display_name: r.try_get("display_name")?,
+            admin: admin != 0,
+        });
     }
-    Ok(Json(json!({"users": users})))
+    Ok(Json(UserList { users }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateServiceAccount {
+    /// Its name (same rules as a user name).
+    #[schema(example = "scheduler-1", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
     name: String,
+    /// Its kind: `scheduler` (the workload manager).
+    #[schema(example = "scheduler")]
     kind: String,
 }
 
+/// A service account, as created, with its token (shown this once).
+#[derive(Serialize, ToSchema)]
+struct CreatedServiceAccount {
+    /// Its id.
+    id: String,
+    /// Its name.
+    name: String,
+    /// Its bearer token (`csa_…`); it does not expire.
+    token: String,
+}
+
+/// Creates a service account (deployment administrators).
+#[utoipa::path(
+    post,
+    path = "/v1/service-accounts",
+    tag = "users",
+    request_body = CreateServiceAccount,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = CreatedServiceAccount),
+        (status = 400, description = "A field is invalid (`invalid_username`, `invalid_kind`, \
+         `invalid_body`)", body = ErrorBody),
+        (status = 403, description = "The caller is not a deployment administrator \
+         (`forbidden`)", body = ErrorBody),
+        (status = 409, description = "The name is taken (`service_account_exists`)",
+         body = ErrorBody),
+    )
+)]
 async fn create_service_account(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Json(req): Json<CreateServiceAccount>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<CreatedServiceAccount>)> {
     caller.admin()?;
     check_username(&req.name)?;
     if req.kind != "scheduler" {
@@ -469,24 +712,55 @@ async fn create_service_account(
     w.commit().await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": id, "name": req.name, "token": token})),
+        Json(CreatedServiceAccount {
+            id,
+            name: req.name,
+            token,
+        }),
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct IdentityRequest {
+    /// The org.
+    #[schema(example = "acme")]
     org: String,
+    /// The workspace.
+    #[schema(example = "research")]
     workspace: String,
+}
+
+/// An identity token for the KMS, and when it expires.
+#[derive(Serialize, ToSchema)]
+struct IdentityToken {
+    /// The signed JWT.
+    token: String,
+    /// When it expires (seconds since the Unix epoch).
+    expires_at: u64,
 }
 
 /// An identity token for the KMS: the caller's roles in `org`, for `workspace`, which the
 /// caller must be a member of (owners and admins of the org are members of all its workspaces).
+#[utoipa::path(
+    post,
+    path = "/v1/tokens/identity",
+    tag = "credentials",
+    request_body = IdentityRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The token", body = IdentityToken),
+        (status = 400, description = "The org id is invalid (`invalid_org`), or the body is \
+         malformed (`invalid_body`)", body = ErrorBody),
+        (status = 403, description = "The caller is a service account, or not a member of the \
+         workspace (`forbidden`)", body = ErrorBody),
+    )
+)]
 async fn identity_token(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Json(req): Json<IdentityRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<IdentityToken>> {
     let user = caller.user()?;
     let org =
         OrgId::new(&req.org).map_err(|e| ApiError::bad_request("invalid_org", e.to_string()))?;
@@ -537,11 +811,34 @@ async fn identity_token(
     )
     .await?;
     w.commit().await?;
-    Ok(Json(json!({"token": token, "expires_at": claims.exp})))
+    Ok(Json(IdentityToken {
+        token,
+        expires_at: claims.exp,
+    }))
 }
 
-async fn jwks(State(hub): State<Arc<Hub>>) -> Json<Value> {
-    Json(json!({"issuer": hub.keys.issuer(), "jwks": hub.keys.jwks()}))
+/// The hub's credential issuer and the public keys that verify its tokens.
+#[derive(Serialize, ToSchema)]
+struct Jwks {
+    /// The issuer (`iss`) of the hub's identity tokens and job grants.
+    issuer: String,
+    /// A JWK set (`{"keys": [...]}`): what the KMS's issuer entry for this hub needs.
+    #[schema(value_type = Object)]
+    jwks: Value,
+}
+
+/// The public keys that verify the hub's identity tokens and job grants (no token needed).
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "credentials",
+    responses((status = 200, description = "The issuer and its keys", body = Jwks))
+)]
+async fn jwks(State(hub): State<Arc<Hub>>) -> Json<Jwks> {
+    Json(Jwks {
+        issuer: hub.keys.issuer().to_owned(),
+        jwks: hub.keys.jwks(),
+    })
 }
 
 /// Creates the first deployment administrator when the hub has no users; returns the password

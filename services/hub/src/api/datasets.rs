@@ -4,27 +4,29 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::Router;
 use coffer_kms::authz::{ApprovalPolicy, OrgRole};
 use coffer_kms::KeyId;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use sqlx::Row;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::orgs::{check_workspace, require_org, MANAGERS};
 use crate::audit::AuditRecord;
 use crate::auth::{self, Caller};
-use crate::error::{ApiError, ApiResult, Json, Query};
+use crate::error::{ApiError, ApiResult, ErrorBody, Json, Path, Query};
 use crate::state::Hub;
 
-pub(super) fn routes() -> Router<Arc<Hub>> {
-    Router::new()
-        .route("/v1/orgs/{org}/datasets", post(create).get(list_org))
-        .route("/v1/datasets", get(list_shared))
-        .route("/v1/datasets/{id}", get(describe).delete(delete))
+pub(super) fn routes() -> OpenApiRouter<Arc<Hub>> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list_org))
+        .routes(routes!(list_shared))
+        .routes(routes!(describe, delete))
 }
 
 /// The column types a schema may declare (Arrow's, by the names the client's engine uses).
@@ -48,20 +50,37 @@ pub const MAX_POLICY_K: u32 = 100;
 pub const LOCATION_SCHEMES: [&str; 4] = ["file", "s3", "az", "azure"];
 
 /// A declared schema: `{"fields": [{"name", "type", "nullable"}]}`.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = DatasetSchema)]
 pub struct Schema {
+    /// The columns (1 to 1000).
     fields: Vec<Field>,
 }
 
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+/// One column of a declared schema.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = DatasetField)]
 struct Field {
+    /// The column's name: 1-128 printable characters, unique in the schema.
+    #[schema(example = "amount")]
     name: String,
+    /// The column's type.
     #[serde(rename = "type")]
+    #[schema(schema_with = column_type)]
     ty: String,
+    /// Whether it may be null (default: true).
     #[serde(default = "yes")]
     nullable: bool,
+}
+
+/// The schema of a column type: one of [`COLUMN_TYPES`].
+fn column_type() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(COLUMN_TYPES))
+        .description(Some("The column's type"))
 }
 
 fn yes() -> bool {
@@ -129,28 +148,72 @@ pub(crate) fn check_policy(policy: &ApprovalPolicy) -> ApiResult<()> {
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateDataset {
+    /// The workspace it belongs to (must exist).
+    #[schema(example = "research")]
     workspace: String,
+    /// Its name: 1-128 printable characters, unique in the workspace.
+    #[schema(example = "payments")]
     name: String,
+    /// Its columns.
     schema: Schema,
+    /// Where its encrypted files are: a URL with scheme `file`, `s3`, `az` or `azure`, at most
+    /// 2048 bytes.
+    #[schema(example = "s3://bucket/payments/")]
     location: String,
+    /// The id of the data key that encrypts it: 32 lowercase hex digits.
+    #[schema(
+        example = "0123456789abcdef0123456789abcdef",
+        pattern = "^[0-9a-f]{32}$"
+    )]
     key_id: String,
+    /// Who must approve jobs that read it.
+    #[schema(schema_with = crate::openapi::approval_policy)]
     policy: ApprovalPolicy,
+    /// Whether every user of the deployment may see its metadata (default: false).
     #[serde(default)]
     shared: bool,
+}
+
+/// A new dataset's id.
+#[derive(Serialize, ToSchema)]
+struct CreatedDataset {
+    /// Its id.
+    id: String,
 }
 
 /// The roles that may register datasets in an org.
 const WRITERS: [OrgRole; 3] = [OrgRole::Owner, OrgRole::Admin, OrgRole::Analyst];
 
+/// Registers a dataset of an org (its owners, admins and analysts).
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/datasets",
+    tag = "datasets",
+    operation_id = "create_dataset",
+    params(("org" = String, Path, description = "The org's id", example = "acme")),
+    request_body = CreateDataset,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Registered", body = CreatedDataset),
+        (status = 400, description = "A field is invalid (`invalid_workspace`, `invalid_name`, \
+         `invalid_schema`, `invalid_location`, `invalid_key_id`, `invalid_policy`, \
+         `invalid_body`)", body = ErrorBody),
+        (status = 403, description = "The caller is not an owner, admin or analyst of the org \
+         (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such org or workspace (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The name is taken in the workspace (`dataset_exists`)",
+         body = ErrorBody),
+    )
+)]
 async fn create(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Path(org): Path<String>,
     Json(req): Json<CreateDataset>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<CreatedDataset>)> {
     let user = caller.user()?;
     require_org(&hub, &org).await?;
     auth::require_role(&hub, user, &org, &WRITERS).await?;
@@ -227,44 +290,97 @@ async fn create(
     )
     .await?;
     w.commit().await?;
-    Ok((StatusCode::CREATED, Json(json!({"id": id}))))
+    Ok((StatusCode::CREATED, Json(CreatedDataset { id })))
 }
 
 const COLUMNS: &str =
     "id, org_id, workspace, name, schema_json, location, key_id, policy_json, shared, created_at";
 
+/// A dataset, as answered (metadata only).
+#[derive(Serialize, ToSchema)]
+struct Dataset {
+    /// Its id.
+    id: String,
+    /// The org that owns it.
+    org: String,
+    /// Its workspace.
+    workspace: String,
+    /// Its name.
+    name: String,
+    /// Its columns.
+    schema: Schema,
+    /// Where its encrypted files are.
+    location: String,
+    /// The id of its data key.
+    key_id: String,
+    /// Who must approve jobs that read it.
+    #[schema(schema_with = crate::openapi::approval_policy)]
+    policy: ApprovalPolicy,
+    /// Whether every user of the deployment may see it.
+    shared: bool,
+    /// When it was registered (seconds since the Unix epoch).
+    created_at: i64,
+}
+
 /// A dataset row as answered.
-pub(crate) fn to_json(row: &sqlx::any::AnyRow) -> ApiResult<Value> {
+fn to_dataset(row: &sqlx::any::AnyRow) -> ApiResult<Dataset> {
     let schema: String = row.try_get("schema_json")?;
     let policy: String = row.try_get("policy_json")?;
     let shared: i64 = row.try_get("shared")?;
-    Ok(json!({
-        "id": row.try_get::<String, _>("id")?,
-        "org": row.try_get::<String, _>("org_id")?,
-        "workspace": row.try_get::<String, _>("workspace")?,
-        "name": row.try_get::<String, _>("name")?,
-        "schema": serde_json::from_str::<Value>(&schema).map_err(|e| ApiError::internal("stored schema", e))?,
-        "location": row.try_get::<String, _>("location")?,
-        "key_id": row.try_get::<String, _>("key_id")?,
-        "policy": serde_json::from_str::<Value>(&policy).map_err(|e| ApiError::internal("stored policy", e))?,
-        "shared": shared != 0,
-        "created_at": row.try_get::<i64, _>("created_at")?,
-    }))
+    Ok(Dataset {
+        id: row.try_get("id")?,
+        org: row.try_get("org_id")?,
+        workspace: row.try_get("workspace")?,
+        name: row.try_get("name")?,
+        schema: serde_json::from_str(&schema)
+            .map_err(|e| ApiError::internal("stored schema", e))?,
+        location: row.try_get("location")?,
+        key_id: row.try_get("key_id")?,
+        policy: serde_json::from_str(&policy)
+            .map_err(|e| ApiError::internal("stored policy", e))?,
+        shared: shared != 0,
+        created_at: row.try_get("created_at")?,
+    })
 }
 
-#[derive(Deserialize)]
+/// Datasets.
+#[derive(Serialize, ToSchema)]
+struct DatasetList {
+    /// The datasets.
+    datasets: Vec<Dataset>,
+}
+
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only this workspace's datasets (default: all of the org's).
     #[serde(default)]
+    #[param(example = "research")]
     workspace: Option<String>,
 }
 
+/// The datasets of an org (any member), by workspace and name.
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/datasets",
+    tag = "datasets",
+    operation_id = "list_org_datasets",
+    params(("org" = String, Path, description = "The org's id", example = "acme"), ListQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The datasets", body = DatasetList),
+        (status = 403, description = "The caller is not a member of the org (`forbidden`)",
+         body = ErrorBody),
+        (status = 404, description = "No such org (`not_found`)", body = ErrorBody),
+    )
+)]
 async fn list_org(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Path(org): Path<String>,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DatasetList>> {
     let user = caller.user()?;
     require_org(&hub, &org).await?;
     auth::require_role(
@@ -288,20 +404,36 @@ async fn list_org(
     .bind(q.workspace.unwrap_or_default())
     .fetch_all(&hub.db)
     .await?;
-    let list: ApiResult<Vec<Value>> = rows.iter().map(to_json).collect();
-    Ok(Json(json!({"datasets": list?})))
+    let datasets: ApiResult<Vec<Dataset>> = rows.iter().map(to_dataset).collect();
+    Ok(Json(DatasetList {
+        datasets: datasets?,
+    }))
 }
 
 /// Datasets their owners shared with the whole deployment (metadata only).
-async fn list_shared(State(hub): State<Arc<Hub>>, caller: Caller) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    get,
+    path = "/v1/datasets",
+    tag = "datasets",
+    operation_id = "list_shared_datasets",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The shared datasets", body = DatasetList),
+        (status = 403, description = "The caller is a service account (`forbidden`)",
+         body = ErrorBody),
+    )
+)]
+async fn list_shared(State(hub): State<Arc<Hub>>, caller: Caller) -> ApiResult<Json<DatasetList>> {
     caller.user()?;
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM datasets WHERE shared = 1 AND deleted_at IS NULL ORDER BY org_id, workspace, name"
     ))
     .fetch_all(&hub.db)
     .await?;
-    let list: ApiResult<Vec<Value>> = rows.iter().map(to_json).collect();
-    Ok(Json(json!({"datasets": list?})))
+    let datasets: ApiResult<Vec<Dataset>> = rows.iter().map(to_dataset).collect();
+    Ok(Json(DatasetList {
+        datasets: datasets?,
+    }))
 }
 
 /// A dataset the user may see: one of their org's, or a shared one. Others are "not found".
@@ -326,16 +458,50 @@ pub(crate) async fn visible(
     }
 }
 
+/// A dataset (one of the caller's orgs', or a shared one).
+#[utoipa::path(
+    get,
+    path = "/v1/datasets/{id}",
+    tag = "datasets",
+    operation_id = "describe_dataset",
+    params(("id" = String, Path, description = "The dataset's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The dataset", body = Dataset),
+        (status = 403, description = "The caller is a service account (`forbidden`)",
+         body = ErrorBody),
+        (status = 404, description = "No such dataset, or not one the caller may see \
+         (`not_found`)", body = ErrorBody),
+    )
+)]
 async fn describe(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Dataset>> {
     let user = caller.user()?;
     let row = visible(&hub, user, &id).await?;
-    Ok(Json(to_json(&row)?))
+    Ok(Json(to_dataset(&row)?))
 }
 
+/// Deletes a dataset that no unfinished job reads (its org's owners and admins).
+#[utoipa::path(
+    delete,
+    path = "/v1/datasets/{id}",
+    tag = "datasets",
+    operation_id = "delete_dataset",
+    params(("id" = String, Path, description = "The dataset's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "The caller is not an owner or admin of the dataset's org \
+         (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such dataset, or not one the caller may see \
+         (`not_found`)", body = ErrorBody),
+        (status = 409, description = "Unfinished jobs read it (`dataset_in_use`)",
+         body = ErrorBody),
+    )
+)]
 async fn delete(
     State(hub): State<Arc<Hub>>,
     caller: Caller,

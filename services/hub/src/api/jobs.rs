@@ -15,42 +15,44 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::Router;
 use base64ct::{Base64, Encoding};
 use coffer_kms::authz::{
     Approval, ApprovalPolicy, GrantDataset, JobGrantClaims, OrgRole, Recipient,
 };
 use coffer_kms::{KeyId, OrgId};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::{AnyConnection, Row};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::orgs::MANAGERS;
 use crate::audit::AuditRecord;
 use crate::auth::{self, role_name, Caller, User};
 use crate::config::JOB_GRANT_LIFETIME_SECS;
-use crate::error::{ApiError, ApiResult, Json, OptionalJson, Query};
+use crate::error::{ApiError, ApiResult, ErrorBody, Json, OptionalJson, Path, Query};
 use crate::notify::Event;
 use crate::state::{Hub, Writer};
 use crate::workflow::{self, policy, Action, JobState};
 
-pub(super) fn routes() -> Router<Arc<Hub>> {
-    Router::new()
-        .route("/v1/jobs", post(create).get(list))
-        .route("/v1/jobs/{id}", get(describe))
-        .route("/v1/jobs/{id}/submit", post(submit))
-        .route("/v1/jobs/{id}/cancel", post(cancel))
-        .route("/v1/jobs/{id}/approve", post(approve))
-        .route("/v1/jobs/{id}/withdraw", post(withdraw))
-        .route("/v1/jobs/{id}/reject", post(reject))
-        .route("/v1/queue", get(queue))
-        .route("/v1/jobs/{id}/schedule", post(schedule))
-        .route("/v1/jobs/{id}/start", post(start))
-        .route("/v1/jobs/{id}/requeue", post(requeue))
-        .route("/v1/jobs/{id}/finish", post(finish))
+pub(super) fn routes() -> OpenApiRouter<Arc<Hub>> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(describe))
+        .routes(routes!(submit))
+        .routes(routes!(cancel))
+        .routes(routes!(approve))
+        .routes(routes!(withdraw))
+        .routes(routes!(reject))
+        .routes(routes!(queue))
+        .routes(routes!(schedule))
+        .routes(routes!(start))
+        .routes(routes!(requeue))
+        .routes(routes!(finish))
 }
 
 /// The largest encrypted definition (1 MiB after base64 decoding).
@@ -63,13 +65,34 @@ pub const MAX_RECIPIENTS: usize = 16;
 pub const SCHEDULER: &str = "scheduler";
 
 /// Who receives a job's results.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Recipient)]
 pub struct RecipientSpec {
     /// The org.
+    #[schema(example = "acme")]
     pub org: String,
     /// Its workspace.
+    #[schema(example = "research")]
     pub workspace: String,
+}
+
+/// A job's id and state (what most job actions answer).
+#[derive(Serialize, ToSchema)]
+struct JobRef {
+    /// The job's id.
+    id: String,
+    /// Its state now.
+    state: JobState,
+}
+
+impl JobRef {
+    fn of(job: &Job) -> Json<Self> {
+        Json(Self {
+            id: job.id.clone(),
+            state: job.state,
+        })
+    }
 }
 
 /// A job as stored.
@@ -336,15 +359,24 @@ async fn visible_job(hub: &Hub, user: &User, id: &str) -> ApiResult<(Job, Vec<Jo
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateJob {
+    /// The org it runs for.
+    #[schema(example = "acme")]
     org: String,
+    /// The workspace it runs in (the caller must be a member, or an owner or admin of the org).
+    #[schema(example = "research")]
     workspace: String,
+    /// Its name: 1-128 printable characters.
+    #[schema(example = "monthly totals")]
     name: String,
-    /// The encrypted definition, base64.
+    /// The encrypted definition, standard base64 (1 byte to 1 MiB decoded).
+    #[schema(format = Byte, example = "c2VhbGVk")]
     definition: String,
+    /// The ids of the datasets it reads (1 to 64, distinct, each visible to the caller).
     datasets: Vec<String>,
+    /// Who receives its results (1 to 16; default: its own org and workspace).
     #[serde(default)]
     recipients: Option<Vec<RecipientSpec>>,
     /// Submit for approval at once (default: stay a draft).
@@ -352,11 +384,31 @@ struct CreateJob {
     submit: bool,
 }
 
+/// Creates a job (as a draft, or submitted at once) for an org's owners, admins and analysts.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    tag = "jobs",
+    operation_id = "create_job",
+    request_body = CreateJob,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = JobRef),
+        (status = 400, description = "A field is invalid (`invalid_name`, `invalid_definition`, \
+         `invalid_datasets`, `invalid_recipients`, `invalid_body`)", body = ErrorBody),
+        (status = 403, description = "The caller may not create jobs in that org or workspace \
+         (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such org, workspace, recipient workspace or visible \
+         dataset (`not_found`)", body = ErrorBody),
+        (status = 409, description = "Submitted at once, but a dataset was deleted \
+         (`dataset_deleted`)", body = ErrorBody),
+    )
+)]
 async fn create(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Json(req): Json<CreateJob>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<JobRef>)> {
     let user = caller.user()?;
     super::orgs::require_org(&hub, &req.org).await?;
     let roles = auth::require_role(
@@ -504,10 +556,7 @@ async fn create(
         submit_in(&mut w, &mut job, &caller.actor()).await?;
     }
     w.commit().await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"id": id, "state": job.state})),
-    ))
+    Ok((StatusCode::CREATED, JobRef::of(&job)))
 }
 
 /// Submits `job` and asks every dataset owner's approvers.
@@ -562,17 +611,120 @@ async fn submit_in(w: &mut Writer<'_>, job: &mut Job, actor: &str) -> ApiResult<
     Ok(())
 }
 
+/// A job in full: its datasets and where their policies stand, approvals, transitions.
+#[derive(Serialize, ToSchema)]
+struct JobDetail {
+    /// Its id.
+    id: String,
+    /// The org it runs for.
+    org: String,
+    /// Its workspace.
+    workspace: String,
+    /// Its name.
+    name: String,
+    /// The user name of its creator.
+    created_by: String,
+    /// Its state.
+    state: JobState,
+    /// Who receives its results.
+    recipients: Vec<RecipientSpec>,
+    /// When it was created (seconds since the Unix epoch).
+    created_at: i64,
+    /// When it last changed (seconds since the Unix epoch).
+    updated_at: i64,
+    /// The datasets it reads.
+    datasets: Vec<JobDatasetInfo>,
+    /// The approvals that count now.
+    approvals: Vec<ApprovalInfo>,
+    /// Whether every dataset's policy is met (and none was deleted).
+    approved: bool,
+    /// Its state changes, oldest first.
+    transitions: Vec<Transition>,
+}
+
+/// A dataset a job reads, and where its policy stands.
+#[derive(Serialize, ToSchema)]
+struct JobDatasetInfo {
+    /// The dataset's id.
+    id: String,
+    /// Its org.
+    org: String,
+    /// Its workspace.
+    workspace: String,
+    /// Its name.
+    name: String,
+    /// Its approval policy.
+    #[schema(schema_with = crate::openapi::approval_policy)]
+    policy: ApprovalPolicy,
+    /// Whether it was deleted since.
+    deleted: bool,
+    /// Where its policy stands.
+    approval: Option<policy::Status>,
+}
+
+/// An approval that counts.
+#[derive(Serialize, ToSchema)]
+struct ApprovalInfo {
+    /// Its id.
+    id: String,
+    /// The approver's user name.
+    user: String,
+    /// The org they approved for.
+    org: String,
+    /// The role they approved in.
+    #[schema(schema_with = crate::openapi::org_role)]
+    role: OrgRole,
+    /// When (seconds since the Unix epoch).
+    at: i64,
+}
+
+/// A job's state change.
+#[derive(Serialize, ToSchema)]
+struct Transition {
+    /// Its position in the job's history, from 1.
+    seq: i64,
+    /// The state before (none for the first).
+    #[schema(value_type = Option<JobState>)]
+    from: Option<String>,
+    /// The state after.
+    #[schema(value_type = JobState)]
+    to: String,
+    /// Who moved it (`user:…`, `service:…` or `hub`).
+    actor: String,
+    /// Why, if said.
+    reason: Option<String>,
+    /// When (seconds since the Unix epoch).
+    at: i64,
+}
+
+/// A job the caller may see (a member of its org, or, once submitted, of an org owning one of
+/// its datasets).
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    operation_id = "describe_job",
+    params(("id" = String, Path, description = "The job's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The job", body = JobDetail),
+        (status = 403, description = "The caller is a service account (`forbidden`)",
+         body = ErrorBody),
+        (status = 404, description = "No such job, or not one the caller may see \
+         (`not_found`)", body = ErrorBody),
+    )
+)]
 async fn describe(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobDetail>> {
     let user = caller.user()?;
     let (job, datasets) = visible_job(&hub, user, &id).await?;
-    job_json(&hub, &job, &datasets).await.map(Json)
+    job_detail(&hub, &job, &datasets).await.map(Json)
 }
 
-async fn job_json(hub: &Hub, job: &Job, datasets: &[JobDataset]) -> ApiResult<Value> {
+async fn job_detail(hub: &Hub, job: &Job, datasets: &[JobDataset]) -> ApiResult<JobDetail> {
     let mut conn = hub.db.acquire().await?;
     let approvals = load_approvals(&mut conn, &job.id).await?;
     let (status, all) = statuses(datasets, &approvals);
@@ -584,46 +736,111 @@ async fn job_json(hub: &Hub, job: &Job, datasets: &[JobDataset]) -> ApiResult<Va
     .await?;
     let mut trail = Vec::new();
     for t in transitions {
-        trail.push(json!({
-            "seq": t.try_get::<i64, _>("seq")?,
-            "from": t.try_get::<Option<String>, _>("from_state")?,
-            "to": t.try_get::<String, _>("to_state")?,
-            "actor": t.try_get::<String, _>("actor")?,
-            "reason": t.try_get::<Option<String>, _>("reason")?,
-            "at": t.try_get::<i64, _>("at")?,
-        }));
+        trail.push(Transition {
+            seq: t.try_get("seq")?,
+            from: t.try_get("from_state")?,
+            to: t.try_get("to_state")?,
+            actor: t.try_get("actor")?,
+            reason: t.try_get("reason")?,
+            at: t.try_get("at")?,
+        });
     }
-    let status: BTreeMap<String, policy::Status> = status.into_iter().collect();
-    Ok(json!({
-        "id": job.id, "org": job.org, "workspace": job.workspace, "name": job.name,
-        "created_by": job.creator, "state": job.state, "recipients": job.recipients,
-        "created_at": job.created_at, "updated_at": job.updated_at,
-        "datasets": datasets.iter().map(|d| json!({
-            "id": d.id, "org": d.org, "workspace": d.workspace, "name": d.name, "policy": d.policy,
-            "deleted": d.deleted, "approval": status.get(&d.id),
-        })).collect::<Vec<_>>(),
-        "approvals": approvals.iter().map(|a| json!({
-            "id": a.id, "user": a.username, "org": a.org, "role": a.role, "at": a.at,
-        })).collect::<Vec<_>>(),
-        "approved": all,
-        "transitions": trail,
-    }))
+    let mut status: BTreeMap<String, policy::Status> = status.into_iter().collect();
+    Ok(JobDetail {
+        id: job.id.clone(),
+        org: job.org.clone(),
+        workspace: job.workspace.clone(),
+        name: job.name.clone(),
+        created_by: job.creator.clone(),
+        state: job.state,
+        recipients: job.recipients.clone(),
+        created_at: job.created_at,
+        updated_at: job.updated_at,
+        datasets: datasets
+            .iter()
+            .map(|d| JobDatasetInfo {
+                id: d.id.clone(),
+                org: d.org.clone(),
+                workspace: d.workspace.clone(),
+                name: d.name.clone(),
+                policy: d.policy.clone(),
+                deleted: d.deleted,
+                approval: status.remove(&d.id),
+            })
+            .collect(),
+        approvals: approvals
+            .into_iter()
+            .map(|a| ApprovalInfo {
+                id: a.id,
+                user: a.username,
+                org: a.org,
+                role: a.role,
+                at: a.at,
+            })
+            .collect(),
+        approved: all,
+        transitions: trail,
+    })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListJobs {
+    /// Only jobs in this state.
     #[serde(default)]
+    #[param(value_type = Option<JobState>)]
     state: Option<String>,
+    /// Only jobs of this org.
     #[serde(default)]
+    #[param(example = "acme")]
     org: Option<String>,
 }
 
+/// A job, as listed.
+#[derive(Serialize, ToSchema)]
+struct JobSummary {
+    /// Its id.
+    id: String,
+    /// The org it runs for.
+    org: String,
+    /// Its name.
+    name: String,
+    /// Its state.
+    #[schema(value_type = JobState)]
+    state: String,
+    /// When it last changed (seconds since the Unix epoch).
+    updated_at: i64,
+}
+
+/// Jobs.
+#[derive(Serialize, ToSchema)]
+struct JobList {
+    /// At most 500, the most recently changed first.
+    jobs: Vec<JobSummary>,
+}
+
+/// The jobs the caller may see, the most recently changed first (at most 500).
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "jobs",
+    operation_id = "list_jobs",
+    params(ListJobs),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The jobs", body = JobList),
+        (status = 400, description = "The state is unknown (`invalid_state`), or a parameter \
+         is malformed (`invalid_query`)", body = ErrorBody),
+        (status = 403, description = "The caller is a service account (`forbidden`)",
+         body = ErrorBody),
+    )
+)]
 async fn list(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Query(q): Query<ListJobs>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobList>> {
     let user = caller.user()?;
     if let Some(s) = &q.state {
         if JobState::parse(s).is_none() {
@@ -649,13 +866,15 @@ async fn list(
     .await?;
     let mut jobs = Vec::new();
     for r in rows {
-        jobs.push(json!({
-            "id": r.try_get::<String, _>("id")?, "org": r.try_get::<String, _>("org_id")?,
-            "name": r.try_get::<String, _>("name")?, "state": r.try_get::<String, _>("state")?,
-            "updated_at": r.try_get::<i64, _>("updated_at")?,
-        }));
+        jobs.push(JobSummary {
+            id: r.try_get("id")?,
+            org: r.try_get("org_id")?,
+            name: r.try_get("name")?,
+            state: r.try_get("state")?,
+            updated_at: r.try_get("updated_at")?,
+        });
     }
-    Ok(Json(json!({"jobs": jobs})))
+    Ok(Json(JobList { jobs }))
 }
 
 /// Whether `user` may act on `job` as its owner: its creator, or an owner/admin of its org.
@@ -668,11 +887,28 @@ async fn require_job_owner(hub: &Hub, user: &User, job: &Job) -> ApiResult<()> {
         .map(|_| ())
 }
 
+/// Submits a draft for approval (its creator, or an owner or admin of its org).
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/submit",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Submitted", body = JobRef),
+        (status = 403, description = "The caller may not act on this job as its owner \
+         (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such job, or not one the caller may see \
+         (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The job is not a draft (`invalid_transition`), or a \
+         dataset was deleted (`dataset_deleted`)", body = ErrorBody),
+    )
+)]
 async fn submit(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobRef>> {
     let user = caller.user()?;
     let (job, _) = visible_job(&hub, user, &id).await?;
     require_job_owner(&hub, user, &job).await?;
@@ -680,12 +916,13 @@ async fn submit(
     let mut job = load_job(w.conn(), &id).await?;
     submit_in(&mut w, &mut job, &caller.actor()).await?;
     w.commit().await?;
-    Ok(Json(json!({"id": id, "state": job.state})))
+    Ok(JobRef::of(&job))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Reason {
+    /// Why (at most 1000 bytes).
     #[serde(default)]
     reason: Option<String>,
 }
@@ -700,12 +937,32 @@ fn check_reason(r: &Option<String>) -> ApiResult<Option<&str>> {
     }
 }
 
+/// Cancels a job that has not finished (its creator, or an owner or admin of its org).
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/cancel",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    request_body(content = Option<Reason>, description = "Why (optional; the body may be empty)"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Cancelled", body = JobRef),
+        (status = 400, description = "The reason is too long (`invalid_reason`), or the body is \
+         malformed (`invalid_body`)", body = ErrorBody),
+        (status = 403, description = "The caller may not act on this job as its owner \
+         (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such job, or not one the caller may see \
+         (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The job has finished (`invalid_transition`)",
+         body = ErrorBody),
+    )
+)]
 async fn cancel(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Path(id): Path<String>,
     OptionalJson(reason): OptionalJson<Reason>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobRef>> {
     let user = caller.user()?;
     let reason = check_reason(&reason.reason)?;
     let (job, _) = visible_job(&hub, user, &id).await?;
@@ -722,15 +979,37 @@ async fn cancel(
     })
     .await?;
     w.commit().await?;
-    Ok(Json(json!({"id": id, "state": job.state})))
+    Ok(JobRef::of(&job))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ApproveRequest {
     /// The role to approve in (default: the first of the caller's roles that counts).
     #[serde(default)]
+    #[schema(example = "approver")]
     role: Option<String>,
+}
+
+/// An approval recorded.
+#[derive(Serialize, ToSchema)]
+struct ApprovalAdded {
+    /// The org approved for.
+    org: String,
+    /// The role approved in.
+    #[schema(schema_with = crate::openapi::org_role)]
+    role: OrgRole,
+}
+
+/// A job after an approval.
+#[derive(Serialize, ToSchema)]
+struct ApproveAnswer {
+    /// The job's id.
+    id: String,
+    /// Its state now (`approved` once every policy is met).
+    state: JobState,
+    /// The approvals recorded, one per org where the caller holds a counting role.
+    approvals: Vec<ApprovalAdded>,
 }
 
 /// The roles of `user` that count for some dataset of `job`, per org.
@@ -756,12 +1035,35 @@ async fn counting_roles(
     Ok(out)
 }
 
+/// Approves a job, once per org whose datasets' policies count one of the caller's roles (never
+/// one's own job).
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/approve",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    request_body(content = Option<ApproveRequest>,
+                 description = "The role to approve in (optional; the body may be empty)"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Approved", body = ApproveAnswer),
+        (status = 400, description = "The role is unknown (`invalid_role`), or the body is \
+         malformed (`invalid_body`)", body = ErrorBody),
+        (status = 403, description = "The caller created the job (`self_approval`), holds no \
+         counting role (`not_an_approver`), or is a service account (`forbidden`)",
+         body = ErrorBody),
+        (status = 404, description = "No such job, or not one the caller may see \
+         (`not_found`)", body = ErrorBody),
+        (status = 409, description = "Approvals are closed (`approvals_closed`), or the caller \
+         approved already (`already_approved`)", body = ErrorBody),
+    )
+)]
 async fn approve(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Path(id): Path<String>,
     OptionalJson(req): OptionalJson<ApproveRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ApproveAnswer>> {
     let user = caller.user()?;
     let (job, datasets) = visible_job(&hub, user, &id).await?;
     let refuse = |why: String, code: &'static str| {
@@ -846,7 +1148,10 @@ async fn approve(
             .bind(now)
             .execute(w.conn())
             .await?;
-        added.push(json!({"org": org, "role": role}));
+        added.push(ApprovalAdded {
+            org: org.clone(),
+            role: *role,
+        });
     }
     if added.is_empty() {
         return Err(ApiError::conflict(
@@ -871,16 +1176,35 @@ async fn approve(
     .await?;
     reevaluate(&mut w, &mut job).await?;
     w.commit().await?;
-    Ok(Json(
-        json!({"id": id, "state": job.state, "approvals": added}),
-    ))
+    Ok(Json(ApproveAnswer {
+        id,
+        state: job.state,
+        approvals: added,
+    }))
 }
 
+/// Withdraws the caller's approvals of a job that has not started.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/withdraw",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Withdrawn", body = JobRef),
+        (status = 403, description = "The caller is a service account (`forbidden`)",
+         body = ErrorBody),
+        (status = 404, description = "No such job, or not one the caller may see \
+         (`not_found`)", body = ErrorBody),
+        (status = 409, description = "Approvals are closed (`approvals_closed`), or the caller \
+         has none (`no_approval`)", body = ErrorBody),
+    )
+)]
 async fn withdraw(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobRef>> {
     let user = caller.user()?;
     visible_job(&hub, user, &id).await?;
     let mut w = hub.writer().await?;
@@ -926,15 +1250,35 @@ async fn withdraw(
     .await?;
     reevaluate(&mut w, &mut job).await?;
     w.commit().await?;
-    Ok(Json(json!({"id": id, "state": job.state})))
+    Ok(JobRef::of(&job))
 }
 
+/// Rejects a job (an approver of one of its datasets).
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/reject",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    request_body(content = Option<Reason>, description = "Why (optional; the body may be empty)"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Rejected", body = JobRef),
+        (status = 400, description = "The reason is too long (`invalid_reason`), or the body is \
+         malformed (`invalid_body`)", body = ErrorBody),
+        (status = 403, description = "The caller approves none of its datasets \
+         (`not_an_approver`), or is a service account (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such job, or not one the caller may see \
+         (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The job is not pending approval \
+         (`invalid_transition`)", body = ErrorBody),
+    )
+)]
 async fn reject(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Path(id): Path<String>,
     OptionalJson(reason): OptionalJson<Reason>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobRef>> {
     let user = caller.user()?;
     let reason = check_reason(&reason.reason)?;
     let (job, datasets) = visible_job(&hub, user, &id).await?;
@@ -963,12 +1307,46 @@ async fn reject(
     })
     .await?;
     w.commit().await?;
-    Ok(Json(json!({"id": id, "state": job.state})))
+    Ok(JobRef::of(&job))
 }
 
 // The workload manager's side.
 
-async fn queue(State(hub): State<Arc<Hub>>, caller: Caller) -> ApiResult<Json<Value>> {
+/// A job in the workload manager's queue.
+#[derive(Serialize, ToSchema)]
+struct QueuedJob {
+    /// Its id.
+    id: String,
+    /// Its org.
+    org: String,
+    /// Its state: `approved`, `scheduled` or `running`.
+    #[schema(value_type = JobState)]
+    state: String,
+    /// When it last changed (seconds since the Unix epoch).
+    updated_at: i64,
+}
+
+/// The workload manager's queue.
+#[derive(Serialize, ToSchema)]
+struct Queue {
+    /// At most 500, the longest waiting first.
+    jobs: Vec<QueuedJob>,
+}
+
+/// The jobs approved, scheduled or running, the longest waiting first (scheduler service
+/// accounts).
+#[utoipa::path(
+    get,
+    path = "/v1/queue",
+    tag = "scheduler",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The queue", body = Queue),
+        (status = 403, description = "The caller is not a scheduler service account \
+         (`forbidden`)", body = ErrorBody),
+    )
+)]
+async fn queue(State(hub): State<Arc<Hub>>, caller: Caller) -> ApiResult<Json<Queue>> {
     caller.service(SCHEDULER)?;
     let rows = sqlx::query(
         "SELECT id, org_id, state, updated_at FROM jobs WHERE state IN ('approved', 'scheduled', 'running') \
@@ -978,12 +1356,14 @@ async fn queue(State(hub): State<Arc<Hub>>, caller: Caller) -> ApiResult<Json<Va
     .await?;
     let mut jobs = Vec::new();
     for r in rows {
-        jobs.push(json!({
-            "id": r.try_get::<String, _>("id")?, "org": r.try_get::<String, _>("org_id")?,
-            "state": r.try_get::<String, _>("state")?, "updated_at": r.try_get::<i64, _>("updated_at")?,
-        }));
+        jobs.push(QueuedJob {
+            id: r.try_get("id")?,
+            org: r.try_get("org_id")?,
+            state: r.try_get("state")?,
+            updated_at: r.try_get("updated_at")?,
+        });
     }
-    Ok(Json(json!({"jobs": jobs})))
+    Ok(Json(Queue { jobs }))
 }
 
 async fn scheduler_step(
@@ -1001,21 +1381,57 @@ async fn scheduler_step(
     Ok(job)
 }
 
+/// Places an approved job on an executor (scheduler service accounts).
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/schedule",
+    tag = "scheduler",
+    params(("id" = String, Path, description = "The job's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Scheduled", body = JobRef),
+        (status = 403, description = "The caller is not a scheduler service account \
+         (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such job (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The job is not approved (`invalid_transition`)",
+         body = ErrorBody),
+    )
+)]
 async fn schedule(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobRef>> {
     let job = scheduler_step(&hub, &caller, &id, Action::Schedule, None).await?;
-    Ok(Json(json!({"id": id, "state": job.state})))
+    Ok(JobRef::of(&job))
 }
 
+/// Puts a scheduled or running job back in the queue (its executor was lost; scheduler
+/// service accounts).
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/requeue",
+    tag = "scheduler",
+    params(("id" = String, Path, description = "The job's id")),
+    request_body(content = Option<Reason>, description = "Why (optional; the body may be empty)"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Back in the queue", body = JobRef),
+        (status = 400, description = "The reason is too long (`invalid_reason`), or the body is \
+         malformed (`invalid_body`)", body = ErrorBody),
+        (status = 403, description = "The caller is not a scheduler service account \
+         (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such job (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The job is neither scheduled nor running \
+         (`invalid_transition`)", body = ErrorBody),
+    )
+)]
 async fn requeue(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Path(id): Path<String>,
     OptionalJson(reason): OptionalJson<Reason>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobRef>> {
     let job = scheduler_step(
         &hub,
         &caller,
@@ -1024,16 +1440,64 @@ async fn requeue(
         check_reason(&reason.reason)?,
     )
     .await?;
-    Ok(Json(json!({"id": id, "state": job.state})))
+    Ok(JobRef::of(&job))
+}
+
+/// A dataset as the executor needs it.
+#[derive(Serialize, ToSchema)]
+struct GrantedDataset {
+    /// Its id.
+    id: String,
+    /// Its org.
+    org: String,
+    /// Where its encrypted files are.
+    location: String,
+    /// The id of its data key.
+    key_id: String,
+}
+
+/// A started job: the grant for the KMS and what the executor runs.
+#[derive(Serialize, ToSchema)]
+struct Started {
+    /// The job's id.
+    id: String,
+    /// Its state (`running`).
+    state: JobState,
+    /// The job grant (a JWT the KMS checks).
+    grant: String,
+    /// When the grant expires (seconds since the Unix epoch).
+    grant_expires_at: u64,
+    /// The encrypted definition, standard base64.
+    definition: String,
+    /// Who receives its results.
+    recipients: Vec<RecipientSpec>,
+    /// The datasets it reads.
+    datasets: Vec<GrantedDataset>,
 }
 
 /// Starts a scheduled job: a final recount, then the job grant for the KMS and the encrypted
-/// definition for the executor.
+/// definition for the executor (scheduler service accounts).
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/start",
+    tag = "scheduler",
+    params(("id" = String, Path, description = "The job's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Started", body = Started),
+        (status = 403, description = "The caller is not a scheduler service account \
+         (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such job (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The job is not scheduled (`invalid_transition`), or a \
+         policy is no longer met (`policy_unmet`; the job went back to approval)",
+         body = ErrorBody),
+    )
+)]
 async fn start(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Started>> {
     caller.service(SCHEDULER)?;
     let mut w = hub.writer().await?;
     let mut job = load_job(w.conn(), &id).await?;
@@ -1121,29 +1585,69 @@ async fn start(
     )
     .await?;
     w.commit().await?;
-    Ok(Json(json!({
-        "id": id, "state": job.state, "grant": grant, "grant_expires_at": claims.exp,
-        "definition": definition, "recipients": job.recipients,
-        "datasets": datasets.iter().map(|d| json!({
-            "id": d.id, "org": d.org, "location": d.location, "key_id": d.key_id,
-        })).collect::<Vec<_>>(),
-    })))
+    Ok(Json(Started {
+        id,
+        state: job.state,
+        grant,
+        grant_expires_at: claims.exp,
+        definition,
+        recipients: job.recipients,
+        datasets: datasets
+            .into_iter()
+            .map(|d| GrantedDataset {
+                id: d.id,
+                org: d.org,
+                location: d.location,
+                key_id: d.key_id,
+            })
+            .collect(),
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct FinishRequest {
+    /// How it ended.
+    #[schema(schema_with = outcome)]
     outcome: String,
+    /// What happened (at most 1000 bytes).
     #[serde(default)]
     detail: Option<String>,
 }
 
+/// The schema of a finished job's outcome.
+fn outcome() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["succeeded", "failed"]))
+        .description(Some("How the job ended"))
+}
+
+/// Records how a running job ended (scheduler service accounts).
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/finish",
+    tag = "scheduler",
+    params(("id" = String, Path, description = "The job's id")),
+    request_body = FinishRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Finished", body = JobRef),
+        (status = 400, description = "The outcome is unknown (`invalid_outcome`), the detail \
+         too long (`invalid_reason`), or the body malformed (`invalid_body`)", body = ErrorBody),
+        (status = 403, description = "The caller is not a scheduler service account \
+         (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such job (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The job is not running (`invalid_transition`)",
+         body = ErrorBody),
+    )
+)]
 async fn finish(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Path(id): Path<String>,
     Json(req): Json<FinishRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobRef>> {
     let action = match req.outcome.as_str() {
         "succeeded" => Action::Succeed,
         "failed" => Action::Fail,
@@ -1187,5 +1691,5 @@ async fn finish(
     })
     .await?;
     w.commit().await?;
-    Ok(Json(json!({"id": id, "state": job.state})))
+    Ok(JobRef::of(&job))
 }

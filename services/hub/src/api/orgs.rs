@@ -1,34 +1,30 @@
 //! Orgs, their workspaces, and who holds which role in them.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post, put};
-use axum::Router;
 use coffer_kms::authz::OrgRole;
 use coffer_kms::OrgId;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use sqlx::Row;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::audit::AuditRecord;
 use crate::auth::{self, role_name, Caller};
-use crate::error::{ApiError, ApiResult, Json};
+use crate::error::{ApiError, ApiResult, ErrorBody, Json, Path};
 use crate::state::Hub;
 
-pub(super) fn routes() -> Router<Arc<Hub>> {
-    Router::new()
-        .route("/v1/orgs", post(create_org).get(list_orgs))
-        .route(
-            "/v1/orgs/{org}/workspaces",
-            post(create_workspace).get(list_workspaces),
-        )
-        .route("/v1/orgs/{org}/members", get(list_members))
-        .route(
-            "/v1/orgs/{org}/members/{username}",
-            put(set_member).delete(remove_member),
-        )
+pub(super) fn routes() -> OpenApiRouter<Arc<Hub>> {
+    OpenApiRouter::new()
+        .routes(routes!(create_org, list_orgs))
+        .routes(routes!(create_workspace, list_workspaces))
+        .routes(routes!(list_members))
+        .routes(routes!(set_member, remove_member))
 }
 
 /// The roles that manage an org.
@@ -58,19 +54,47 @@ pub(crate) async fn require_org(hub: &Hub, org: &str) -> ApiResult<()> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateOrg {
+    /// The org's id: 1-64 of `A-Z a-z 0-9 . _ -`.
+    #[schema(example = "globex", pattern = "^[A-Za-z0-9._-]{1,64}$")]
     id: String,
+    /// A name for people (default: the id).
     #[serde(default)]
     name: Option<String>,
 }
 
+/// An org.
+#[derive(Serialize, ToSchema)]
+struct Org {
+    /// Its id.
+    id: String,
+    /// Its name for people.
+    name: String,
+}
+
+/// Creates an org (deployment administrators).
+#[utoipa::path(
+    post,
+    path = "/v1/orgs",
+    tag = "orgs",
+    request_body = CreateOrg,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = Org),
+        (status = 400, description = "The id is invalid (`invalid_org`, `invalid_body`)",
+         body = ErrorBody),
+        (status = 403, description = "The caller is not a deployment administrator \
+         (`forbidden`)", body = ErrorBody),
+        (status = 409, description = "The id is taken (`org_exists`)", body = ErrorBody),
+    )
+)]
 async fn create_org(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Json(req): Json<CreateOrg>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Org>)> {
     caller.admin()?;
     OrgId::new(&req.id).map_err(|e| ApiError::bad_request("invalid_org", e.to_string()))?;
     let mut w = hub.writer().await?;
@@ -99,13 +123,29 @@ async fn create_org(
     )
     .await?;
     w.commit().await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"id": req.id, "name": name})),
-    ))
+    Ok((StatusCode::CREATED, Json(Org { id: req.id, name })))
 }
 
-async fn list_orgs(State(hub): State<Arc<Hub>>, caller: Caller) -> ApiResult<Json<Value>> {
+/// Orgs.
+#[derive(Serialize, ToSchema)]
+struct OrgList {
+    /// The orgs, by id.
+    orgs: Vec<Org>,
+}
+
+/// The orgs the caller belongs to (all of them for a deployment administrator).
+#[utoipa::path(
+    get,
+    path = "/v1/orgs",
+    tag = "orgs",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The orgs", body = OrgList),
+        (status = 403, description = "The caller is a service account (`forbidden`)",
+         body = ErrorBody),
+    )
+)]
+async fn list_orgs(State(hub): State<Arc<Hub>>, caller: Caller) -> ApiResult<Json<OrgList>> {
     let user = caller.user()?;
     let rows = if user.is_admin {
         sqlx::query("SELECT id, name FROM orgs ORDER BY id")
@@ -122,25 +162,56 @@ async fn list_orgs(State(hub): State<Arc<Hub>>, caller: Caller) -> ApiResult<Jso
     };
     let mut orgs = Vec::new();
     for r in rows {
-        orgs.push(
-            json!({"id": r.try_get::<String, _>("id")?, "name": r.try_get::<String, _>("name")?}),
-        );
+        orgs.push(Org {
+            id: r.try_get("id")?,
+            name: r.try_get("name")?,
+        });
     }
-    Ok(Json(json!({"orgs": orgs})))
+    Ok(Json(OrgList { orgs }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateWorkspace {
+    /// The workspace's name: 1-64 of `A-Z a-z 0-9 . _ -`.
+    #[schema(example = "lab", pattern = "^[A-Za-z0-9._-]{1,64}$")]
     name: String,
 }
 
+/// A workspace.
+#[derive(Serialize, ToSchema)]
+struct Workspace {
+    /// Its org.
+    org: String,
+    /// Its name.
+    name: String,
+}
+
+/// Creates a workspace in an org (its owners and admins).
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/workspaces",
+    tag = "orgs",
+    params(("org" = String, Path, description = "The org's id", example = "acme")),
+    request_body = CreateWorkspace,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = Workspace),
+        (status = 400, description = "The name is invalid (`invalid_workspace`, \
+         `invalid_body`)", body = ErrorBody),
+        (status = 403, description = "The caller is not an owner or admin of the org \
+         (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such org (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The name is taken (`workspace_exists`)",
+         body = ErrorBody),
+    )
+)]
 async fn create_workspace(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Path(org): Path<String>,
     Json(req): Json<CreateWorkspace>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Workspace>)> {
     let user = caller.user()?;
     require_org(&hub, &org).await?;
     auth::require_role(&hub, user, &org, &MANAGERS).await?;
@@ -173,15 +244,39 @@ async fn create_workspace(
     w.commit().await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"org": org, "name": req.name})),
+        Json(Workspace {
+            org,
+            name: req.name,
+        }),
     ))
 }
 
+/// An org's workspaces.
+#[derive(Serialize, ToSchema)]
+struct WorkspaceList {
+    /// Their names, sorted.
+    workspaces: Vec<String>,
+}
+
+/// The workspaces of an org (any member).
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/workspaces",
+    tag = "orgs",
+    params(("org" = String, Path, description = "The org's id", example = "acme")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The workspaces", body = WorkspaceList),
+        (status = 403, description = "The caller is not a member of the org (`forbidden`)",
+         body = ErrorBody),
+        (status = 404, description = "No such org (`not_found`)", body = ErrorBody),
+    )
+)]
 async fn list_workspaces(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Path(org): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WorkspaceList>> {
     let user = caller.user()?;
     require_org(&hub, &org).await?;
     auth::require_role(
@@ -202,14 +297,36 @@ async fn list_workspaces(
         .fetch_all(&hub.db)
         .await?;
     let names: Result<Vec<String>, _> = rows.iter().map(|r| r.try_get("name")).collect();
-    Ok(Json(json!({"workspaces": names?})))
+    Ok(Json(WorkspaceList { workspaces: names? }))
 }
 
+/// An org's members.
+#[derive(Serialize, ToSchema)]
+struct MemberList {
+    /// Each member's roles, by user name.
+    #[schema(example = json!({"alice": ["analyst", "approver"]}))]
+    members: BTreeMap<String, Vec<String>>,
+}
+
+/// The members of an org and their roles (its owners, admins and auditors).
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/members",
+    tag = "orgs",
+    params(("org" = String, Path, description = "The org's id", example = "acme")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The members", body = MemberList),
+        (status = 403, description = "The caller is not an owner, admin or auditor of the \
+         org (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such org (`not_found`)", body = ErrorBody),
+    )
+)]
 async fn list_members(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Path(org): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<MemberList>> {
     let user = caller.user()?;
     require_org(&hub, &org).await?;
     auth::require_role(
@@ -226,33 +343,68 @@ async fn list_members(
     .bind(&org)
     .fetch_all(&hub.db)
     .await?;
-    let mut members = serde_json::Map::new();
+    let mut members: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in rows {
         let name: String = r.try_get("username")?;
         let role: String = r.try_get("role")?;
-        let entry = members.entry(name).or_insert_with(|| json!([]));
-        if let Some(list) = entry.as_array_mut() {
-            list.push(Value::String(role));
-        }
+        members.entry(name).or_default().push(role);
     }
-    Ok(Json(json!({"members": members})))
+    Ok(Json(MemberList { members }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetMember {
+    /// The roles (at least one): `owner`, `admin`, `analyst`, `approver`, `auditor`.
+    #[schema(schema_with = crate::openapi::org_roles)]
     roles: Vec<String>,
+    /// The workspaces of the org the user is a member of (default: none).
     #[serde(default)]
     workspaces: Vec<String>,
 }
 
-/// Sets a user's roles in the org and the workspaces they belong to (replacing both).
+/// A user's membership of an org, as set.
+#[derive(Serialize, ToSchema)]
+struct MemberSet {
+    /// The org.
+    org: String,
+    /// The user name.
+    user: String,
+    /// The roles, sorted, without duplicates.
+    #[schema(schema_with = crate::openapi::org_roles)]
+    roles: Vec<OrgRole>,
+    /// The workspaces, sorted, without duplicates.
+    workspaces: Vec<String>,
+}
+
+/// Sets a user's roles in the org and the workspaces they belong to (replacing both; the
+/// org's owners and admins; only owners grant `owner`).
+#[utoipa::path(
+    put,
+    path = "/v1/orgs/{org}/members/{username}",
+    tag = "orgs",
+    params(
+        ("org" = String, Path, description = "The org's id", example = "acme"),
+        ("username" = String, Path, description = "The user's name", example = "alice"),
+    ),
+    request_body = SetMember,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The membership as set", body = MemberSet),
+        (status = 400, description = "A role is unknown, or there is none (`invalid_role`, \
+         `no_roles`, `invalid_body`)", body = ErrorBody),
+        (status = 403, description = "The caller is not an owner or admin of the org, or \
+         grants `owner` without being one (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such org, user or workspace (`not_found`)",
+         body = ErrorBody),
+    )
+)]
 async fn set_member(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Path((org, username)): Path<(String, String)>,
-    Json(req): Json<SetMember>,
-) -> ApiResult<Json<Value>> {
+    Json(mut req): Json<SetMember>,
+) -> ApiResult<Json<MemberSet>> {
     let user = caller.user()?;
     require_org(&hub, &org).await?;
     let my_roles = auth::require_role(&hub, user, &org, &MANAGERS).await?;
@@ -262,6 +414,9 @@ async fn set_member(
     }
     roles.sort();
     roles.dedup();
+    // A workspace named twice is a member once (the table's key is org, workspace, user).
+    req.workspaces.sort();
+    req.workspaces.dedup();
     if roles.is_empty() {
         return Err(ApiError::bad_request(
             "no_roles",
@@ -330,11 +485,32 @@ async fn set_member(
     )
     .await?;
     w.commit().await?;
-    Ok(Json(
-        json!({"org": org, "user": username, "roles": roles, "workspaces": req.workspaces}),
-    ))
+    Ok(Json(MemberSet {
+        org,
+        user: username,
+        roles,
+        workspaces: req.workspaces,
+    }))
 }
 
+/// Removes a user from an org: their roles and workspace memberships (the org's owners and
+/// admins).
+#[utoipa::path(
+    delete,
+    path = "/v1/orgs/{org}/members/{username}",
+    tag = "orgs",
+    params(
+        ("org" = String, Path, description = "The org's id", example = "acme"),
+        ("username" = String, Path, description = "The user's name", example = "alice"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Removed (also when the user was no member)"),
+        (status = 403, description = "The caller is not an owner or admin of the org \
+         (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such org or user (`not_found`)", body = ErrorBody),
+    )
+)]
 async fn remove_member(
     State(hub): State<Arc<Hub>>,
     caller: Caller,

@@ -30,21 +30,21 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use base64ct::{Base64, Encoding as _};
 use coffer_kms::authz::OrgRole;
 use coffer_tlog::bundle::{make_bundle, LogExport, MAX_CHECKPOINTS, MAX_ENTRIES};
 use coffer_tlog::merkle::{consistency_proof, inclusion_proof, Hash, HashReader, NodeId};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::checkpoint::{
     first_covering, from_db, latest_checkpoint, stored_checkpoint, stored_notes, to_db,
 };
 use crate::auth::{role_name, Caller};
-use crate::error::{ApiError, ApiResult, Json, Query};
+use crate::error::{ApiError, ApiResult, ErrorBody, Json, Query};
 use crate::state::Hub;
 
 /// The most entries `GET /v1/audit/entries` answers in one call.
@@ -59,15 +59,15 @@ const MAX_BUNDLE_FROM: usize = 100;
 /// The org roles whose holders read their orgs' audit entries.
 const ENTRY_READERS: [OrgRole; 3] = [OrgRole::Auditor, OrgRole::Owner, OrgRole::Admin];
 
-/// The audit log's routes (see the module docs).
-pub fn routes() -> Router<Arc<Hub>> {
-    Router::new()
-        .route("/v1/audit/checkpoint", get(checkpoint))
-        .route("/v1/audit/entries", get(entries))
-        .route("/v1/audit/proof/inclusion", get(inclusion))
-        .route("/v1/audit/proof/consistency", get(consistency))
-        .route("/v1/audit/export", get(export))
-        .route("/v1/audit/bundle", get(bundle))
+/// The audit log's routes and their OpenAPI description (see the module docs).
+pub fn routes() -> OpenApiRouter<Arc<Hub>> {
+    OpenApiRouter::new()
+        .routes(routes!(checkpoint))
+        .routes(routes!(entries))
+        .routes(routes!(inclusion))
+        .routes(routes!(consistency))
+        .routes(routes!(export))
+        .routes(routes!(bundle))
 }
 
 /// Which entries a caller may read.
@@ -173,22 +173,52 @@ fn check_size(name: &str, size: u64, log_size: u64) -> ApiResult<()> {
     Ok(())
 }
 
-async fn checkpoint(State(hub): State<Arc<Hub>>, _caller: Caller) -> ApiResult<Json<Value>> {
-    let c = latest_checkpoint(&hub).await?;
-    Ok(Json(json!({
-        "size": c.size,
-        "root": Base64::encode_string(&c.root),
-        "note": c.note,
-        "verifier_key": hub.keys.audit_signer().verifier_key().to_string(),
-        "cosigned": c.cosigned,
-    })))
+/// A signed checkpoint of the audit log.
+#[derive(Serialize, ToSchema)]
+struct CheckpointAnswer {
+    /// The number of entries it covers.
+    size: u64,
+    /// The Merkle tree root of those entries (standard base64).
+    root: String,
+    /// The C2SP signed note.
+    note: String,
+    /// The hub's note verifier key, to check the note with.
+    verifier_key: String,
+    /// Whether the KMS co-signed it.
+    cosigned: bool,
 }
 
-#[derive(Deserialize)]
+/// The checkpoint of the log's current size (signed now if the log grew; any caller).
+#[utoipa::path(
+    get,
+    path = "/v1/audit/checkpoint",
+    tag = "audit",
+    operation_id = "audit_checkpoint",
+    security(("bearer" = [])),
+    responses((status = 200, description = "The checkpoint", body = CheckpointAnswer))
+)]
+async fn checkpoint(
+    State(hub): State<Arc<Hub>>,
+    _caller: Caller,
+) -> ApiResult<Json<CheckpointAnswer>> {
+    let c = latest_checkpoint(&hub).await?;
+    Ok(Json(CheckpointAnswer {
+        size: c.size,
+        root: Base64::encode_string(&c.root),
+        note: c.note,
+        verifier_key: hub.keys.audit_signer().verifier_key().to_string(),
+        cosigned: c.cosigned,
+    }))
+}
+
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EntriesQuery {
+    /// The first entry (default: 0).
     #[serde(default)]
     start: Option<u64>,
+    /// The entry after the last (default: as far as one call reaches, at most the log's size).
     #[serde(default)]
     end: Option<u64>,
 }
@@ -221,11 +251,50 @@ fn entry_range(start: Option<u64>, end: Option<u64>, size: u64) -> ApiResult<(u6
     Ok((start, end))
 }
 
+/// An audit entry.
+#[derive(Serialize, ToSchema)]
+struct EntryAnswer {
+    /// Its index in the log.
+    index: u64,
+    /// Its text (JSON), exactly as hashed into the log.
+    entry: String,
+}
+
+/// A range of the audit log.
+#[derive(Serialize, ToSchema)]
+struct EntriesAnswer {
+    /// The first index of the range.
+    start: u64,
+    /// The index after the range's last.
+    end: u64,
+    /// The log's size.
+    size: u64,
+    /// The entries of the range the caller may read.
+    entries: Vec<EntryAnswer>,
+}
+
+/// Entries `start..end` of the audit log, at most 1000: every entry for a deployment
+/// administrator, those of their orgs for an org's auditors, owners and admins.
+#[utoipa::path(
+    get,
+    path = "/v1/audit/entries",
+    tag = "audit",
+    operation_id = "audit_entries",
+    params(EntriesQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The entries", body = EntriesAnswer),
+        (status = 400, description = "The range is invalid (`invalid_range`), or a parameter \
+         is malformed (`invalid_query`)", body = ErrorBody),
+        (status = 403, description = "The caller may read no audit entry (`forbidden`)",
+         body = ErrorBody),
+    )
+)]
 async fn entries(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Query(q): Query<EntriesQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<EntriesAnswer>> {
     let scope = Scope::of(&hub, &caller).await?;
     let size = hub.audit.size();
     let (start, end) = entry_range(q.start, q.end, size)?;
@@ -241,29 +310,59 @@ async fn entries(
         let index = from_db(row.try_get("idx")?)?;
         let body: String = row.try_get("body")?;
         if scope.sees(index, &body)? {
-            out.push(json!({"index": index, "entry": body}));
+            out.push(EntryAnswer { index, entry: body });
         }
     }
-    Ok(Json(json!({
-        "start": start,
-        "end": end,
-        "size": size,
-        "entries": out,
-    })))
+    Ok(Json(EntriesAnswer {
+        start,
+        end,
+        size,
+        entries: out,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct InclusionQuery {
+    /// The entry's index.
     index: u64,
+    /// The size of the tree to prove inclusion in (at most the log's).
     size: u64,
 }
 
+/// An inclusion proof.
+#[derive(Serialize, ToSchema)]
+struct InclusionAnswer {
+    /// The entry's index.
+    index: u64,
+    /// The tree's size.
+    size: u64,
+    /// The entry's leaf hash (standard base64).
+    leaf_hash: String,
+    /// The proof's hashes (standard base64), RFC 9162 §2.1.3.
+    proof: Vec<String>,
+}
+
+/// The proof that entry `index` is in the tree of the first `size` entries (any caller).
+#[utoipa::path(
+    get,
+    path = "/v1/audit/proof/inclusion",
+    tag = "audit",
+    params(InclusionQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The proof", body = InclusionAnswer),
+        (status = 400, description = "The size is beyond the log (`size_beyond_log`), the \
+         index not below it (`index_out_of_range`), or a parameter is missing or malformed \
+         (`invalid_query`)", body = ErrorBody),
+    )
+)]
 async fn inclusion(
     State(hub): State<Arc<Hub>>,
     _caller: Caller,
     Query(q): Query<InclusionQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<InclusionAnswer>> {
     let (index, size) = (q.index, q.size);
     let (leaf, proof) = hub.audit.with_tree(|tree| {
         check_size("size", size, tree.size())?;
@@ -283,26 +382,55 @@ async fn inclusion(
             .map_err(|e| ApiError::internal("audit inclusion proof", e))?;
         Ok((leaf, proof))
     })?;
-    Ok(Json(json!({
-        "index": index,
-        "size": size,
-        "leaf_hash": Base64::encode_string(&leaf),
-        "proof": encode_hashes(&proof),
-    })))
+    Ok(Json(InclusionAnswer {
+        index,
+        size,
+        leaf_hash: Base64::encode_string(&leaf),
+        proof: encode_hashes(&proof),
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ConsistencyQuery {
+    /// The older tree's size.
     from: u64,
+    /// The newer tree's size (at most the log's).
     to: u64,
 }
 
+/// A consistency proof.
+#[derive(Serialize, ToSchema)]
+struct ConsistencyAnswer {
+    /// The older tree's size.
+    from: u64,
+    /// The newer tree's size.
+    to: u64,
+    /// The proof's hashes (standard base64), RFC 9162 §2.1.4.
+    proof: Vec<String>,
+}
+
+/// The proof that the tree of the first `from` entries is a prefix of the tree of the first
+/// `to` (any caller).
+#[utoipa::path(
+    get,
+    path = "/v1/audit/proof/consistency",
+    tag = "audit",
+    params(ConsistencyQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The proof", body = ConsistencyAnswer),
+        (status = 400, description = "`to` is beyond the log (`size_beyond_log`), `from` is \
+         larger than `to` (`sizes_out_of_order`), or a parameter is missing or malformed \
+         (`invalid_query`)", body = ErrorBody),
+    )
+)]
 async fn consistency(
     State(hub): State<Arc<Hub>>,
     _caller: Caller,
     Query(q): Query<ConsistencyQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ConsistencyAnswer>> {
     let (from, to) = (q.from, q.to);
     let proof = hub.audit.with_tree(|tree| {
         check_size("to", to, tree.size())?;
@@ -315,15 +443,29 @@ async fn consistency(
         consistency_proof(tree, from, to)
             .map_err(|e| ApiError::internal("audit consistency proof", e))
     })?;
-    Ok(Json(json!({
-        "from": from,
-        "to": to,
-        "proof": encode_hashes(&proof),
-    })))
+    Ok(Json(ConsistencyAnswer {
+        from,
+        to,
+        proof: encode_hashes(&proof),
+    }))
 }
 
 /// Every entry of the log and the stored checkpoints (the newest [`MAX_CHECKPOINTS`] of them,
 /// the last one of the log's current size), for `coffer audit verify --log`.
+#[utoipa::path(
+    get,
+    path = "/v1/audit/export",
+    tag = "audit",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A `coffer-tlog-export/v1` log export",
+         content_type = "application/json", body = Object),
+        (status = 403, description = "The caller is not a deployment administrator \
+         (`forbidden`)", body = ErrorBody),
+        (status = 409, description = "The log is too large for one export (`log_too_large`)",
+         body = ErrorBody),
+    )
+)]
 async fn export(State(hub): State<Arc<Hub>>, caller: Caller) -> ApiResult<Response> {
     caller.admin()?;
     let latest = latest_checkpoint(&hub).await?;
@@ -364,11 +506,16 @@ async fn export(State(hub): State<Arc<Hub>>, caller: Caller) -> ApiResult<Respon
     Ok(json_bytes(json))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct BundleQuery {
+    /// The entries' indices, comma-separated (at most 1000).
+    #[param(example = "1,5,9")]
     indices: String,
+    /// Sizes of checkpoints the verifier trusted before, comma-separated (at most 100).
     #[serde(default)]
+    #[param(example = "4")]
     from: Option<String>,
 }
 
@@ -390,6 +537,25 @@ fn number_list(name: &str, list: &str, max: usize) -> ApiResult<BTreeSet<u64>> {
     Ok(out)
 }
 
+/// A proof bundle of entries: each with its inclusion proof in the current checkpoint, and
+/// consistency proofs from older checkpoints (administrators: any entry; an org's auditors,
+/// owners and admins: that org's).
+#[utoipa::path(
+    get,
+    path = "/v1/audit/bundle",
+    tag = "audit",
+    params(BundleQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A `coffer-tlog-bundle/v1` proof bundle",
+         content_type = "application/json", body = Object),
+        (status = 400, description = "An index or size is invalid (`invalid_indices`, \
+         `index_out_of_range`, `size_beyond_log`, `unknown_checkpoint`, `bundle_too_large`), \
+         or a parameter is missing or malformed (`invalid_query`)", body = ErrorBody),
+        (status = 403, description = "The caller may not read an entry asked for \
+         (`forbidden`)", body = ErrorBody),
+    )
+)]
 async fn bundle(
     State(hub): State<Arc<Hub>>,
     caller: Caller,

@@ -29,22 +29,22 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::routing::{get, post};
-use axum::Router;
 use futures::Stream;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use tokio::sync::broadcast;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use zeroize::Zeroizing;
 
 use super::Notification;
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult, Json, Query};
+use crate::error::{ApiError, ApiResult, ErrorBody, Json, Path, Query};
 use crate::state::Hub;
 
 /// The most notifications one list call returns.
@@ -52,12 +52,12 @@ pub const MAX_LIMIT: i64 = 500;
 /// How many a list call returns when it names no limit.
 pub const DEFAULT_LIMIT: i64 = 100;
 
-pub(super) fn routes() -> Router<Arc<Hub>> {
-    Router::new()
-        .route("/v1/notifications", get(list))
-        .route("/v1/notifications/stream", get(stream))
-        .route("/v1/notifications/read-all", post(read_all))
-        .route("/v1/notifications/{id}/read", post(read_one))
+pub(super) fn routes() -> OpenApiRouter<Arc<Hub>> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(stream))
+        .routes(routes!(read_all))
+        .routes(routes!(read_one))
 }
 
 const COLUMNS: &str = "seq, id, user_id, kind, job_id, body_json, created_at, read_at";
@@ -103,22 +103,52 @@ async fn page(
     rows.iter().map(from_row).collect()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only notifications after this sequence number (default: 0, all).
     #[serde(default)]
     after: Option<i64>,
+    /// Only unread ones (default: false).
     #[serde(default)]
     unread: Option<bool>,
+    /// The most to answer: 1 to 500 (default: 100).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
+/// A page of the caller's inbox.
+#[derive(Serialize, ToSchema)]
+struct Inbox {
+    /// The notifications, oldest first.
+    notifications: Vec<Notification>,
+    /// The sequence number of the last one (or `after` if none): the next page's `after`.
+    last_seq: i64,
+}
+
+/// The caller's notifications after a sequence number, oldest first (users only).
+#[utoipa::path(
+    get,
+    path = "/v1/notifications",
+    tag = "notifications",
+    operation_id = "list_notifications",
+    params(ListQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of the inbox", body = Inbox),
+        (status = 400, description = "The limit is out of range (`invalid_limit`), or a \
+         parameter is malformed (`invalid_query`)", body = ErrorBody),
+        (status = 403, description = "The caller is a service account (`forbidden`)",
+         body = ErrorBody),
+    )
+)]
 async fn list(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Inbox>> {
     let user = caller.user()?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
@@ -129,15 +159,42 @@ async fn list(
     }
     let after = q.after.unwrap_or(0);
     let items = page(&hub, &user.id, after, q.unread.unwrap_or(false), limit).await?;
-    let last = items.last().map_or(after, |n| n.seq);
-    Ok(Json(json!({"notifications": items, "last_seq": last})))
+    let last_seq = items.last().map_or(after, |n| n.seq);
+    Ok(Json(Inbox {
+        notifications: items,
+        last_seq,
+    }))
 }
 
+/// A notification marked read.
+#[derive(Serialize, ToSchema)]
+struct MarkedRead {
+    /// Its id.
+    id: String,
+    /// When it was first marked read (seconds since the Unix epoch).
+    read_at: i64,
+}
+
+/// Marks one of the caller's notifications read.
+#[utoipa::path(
+    post,
+    path = "/v1/notifications/{id}/read",
+    tag = "notifications",
+    params(("id" = String, Path, description = "The notification's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Marked read", body = MarkedRead),
+        (status = 403, description = "The caller is a service account (`forbidden`)",
+         body = ErrorBody),
+        (status = 404, description = "No such notification of the caller's (`not_found`)",
+         body = ErrorBody),
+    )
+)]
 async fn read_one(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<MarkedRead>> {
     let user = caller.user()?;
     let mut w = hub.writer().await?;
     let row = sqlx::query("SELECT read_at FROM notifications WHERE id = $1 AND user_id = $2")
@@ -161,10 +218,31 @@ async fn read_one(
         }
     };
     w.commit().await?;
-    Ok(Json(json!({"id": id, "read_at": read_at})))
+    Ok(Json(MarkedRead { id, read_at }))
 }
 
-async fn read_all(State(hub): State<Arc<Hub>>, caller: Caller) -> ApiResult<Json<Value>> {
+/// The caller's notifications marked read.
+#[derive(Serialize, ToSchema)]
+struct MarkedAllRead {
+    /// How many were unread.
+    marked: u64,
+    /// When they were marked (seconds since the Unix epoch).
+    read_at: i64,
+}
+
+/// Marks all the caller's notifications read.
+#[utoipa::path(
+    post,
+    path = "/v1/notifications/read-all",
+    tag = "notifications",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Marked read", body = MarkedAllRead),
+        (status = 403, description = "The caller is a service account (`forbidden`)",
+         body = ErrorBody),
+    )
+)]
+async fn read_all(State(hub): State<Arc<Hub>>, caller: Caller) -> ApiResult<Json<MarkedAllRead>> {
     let user = caller.user()?;
     let now = crate::db::now();
     let mut w = hub.writer().await?;
@@ -175,14 +253,17 @@ async fn read_all(State(hub): State<Arc<Hub>>, caller: Caller) -> ApiResult<Json
             .execute(w.conn())
             .await?;
     w.commit().await?;
-    Ok(Json(
-        json!({"marked": done.rows_affected(), "read_at": now}),
-    ))
+    Ok(Json(MarkedAllRead {
+        marked: done.rows_affected(),
+        read_at: now,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct StreamQuery {
+    /// Replay from after this sequence number (default: 0, all; `Last-Event-ID` wins).
     #[serde(default)]
     after: Option<i64>,
 }
@@ -298,6 +379,30 @@ fn sse_event(n: &Notification) -> Option<SseEvent> {
     )
 }
 
+/// The caller's notifications as server-sent events: a replay after `Last-Event-ID` (or
+/// `after`), then live ones (users only; see the module docs).
+#[utoipa::path(
+    get,
+    path = "/v1/notifications/stream",
+    tag = "notifications",
+    operation_id = "stream_notifications",
+    params(
+        StreamQuery,
+        ("Last-Event-ID" = Option<i64>, Header,
+         description = "The last sequence number received (a reconnecting EventSource)"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "An endless stream: `id:` the sequence number, `event:` \
+         the kind, `data:` the notification as JSON", content_type = "text/event-stream",
+         body = String),
+        (status = 400, description = "`Last-Event-ID` is not a sequence number \
+         (`invalid_last_event_id`), or a parameter is malformed (`invalid_query`)",
+         body = ErrorBody),
+        (status = 403, description = "The caller is a service account (`forbidden`)",
+         body = ErrorBody),
+    )
+)]
 async fn stream(
     State(hub): State<Arc<Hub>>,
     caller: Caller,

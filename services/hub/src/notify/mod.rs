@@ -72,7 +72,7 @@ pub struct Event {
 }
 
 /// One stored inbox notification (as listed and as streamed).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Notification {
     /// Its id.
     pub id: String,
@@ -81,11 +81,13 @@ pub struct Notification {
     /// The user it is for.
     #[serde(skip)]
     pub user_id: String,
-    /// The event kind.
+    /// The event kind (`job.approved`, `job.failed`, ...: see [`KINDS`]).
+    #[schema(example = "job.approved")]
     pub kind: String,
     /// The job, if any.
     pub job_id: Option<String>,
     /// The details.
+    #[schema(value_type = Object)]
     pub body: serde_json::Value,
     /// When (seconds since the epoch).
     pub created_at: i64,
@@ -221,8 +223,8 @@ impl Notifier {
 }
 
 /// The notification routes: the inbox and its stream, and the orgs' webhooks.
-pub fn routes() -> axum::Router<Arc<crate::Hub>> {
-    axum::Router::new()
+pub fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<crate::Hub>> {
+    utoipa_axum::router::OpenApiRouter::new()
         .merge(inbox::routes())
         .merge(webhooks::routes())
 }

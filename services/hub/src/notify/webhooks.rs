@@ -23,21 +23,23 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::Router;
 use base64ct::{Base64UrlUnpadded, Encoding};
 use coffer_kms::authz::OrgRole;
 use rand_core::{OsRng, RngCore};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use sqlx::{AnyConnection, Row};
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{Event, KINDS};
 use crate::audit::AuditRecord;
 use crate::auth::{self, Caller};
-use crate::error::{ApiError, ApiResult, Json, Query};
+use crate::error::{ApiError, ApiResult, ErrorBody, Json, Path, Query};
 use crate::state::Hub;
 
 /// The longest webhook URL accepted, in bytes.
@@ -50,14 +52,23 @@ const MANAGERS: [OrgRole; 2] = [OrgRole::Owner, OrgRole::Admin];
 /// Who may read an org's webhooks and their delivery logs.
 const READERS: [OrgRole; 3] = [OrgRole::Owner, OrgRole::Admin, OrgRole::Auditor];
 
-pub(super) fn routes() -> Router<Arc<Hub>> {
-    Router::new()
-        .route("/v1/orgs/{org}/webhooks", post(create).get(list))
-        .route(
-            "/v1/orgs/{org}/webhooks/{id}",
-            axum::routing::delete(delete),
+pub(super) fn routes() -> OpenApiRouter<Arc<Hub>> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(delete))
+        .routes(routes!(deliveries))
+}
+
+/// The schema of a list of subscribed event kinds: [`KINDS`] or `*`.
+fn event_kinds() -> ArrayBuilder {
+    let kinds = std::iter::once(ALL_KINDS).chain(KINDS);
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(kinds)),
         )
-        .route("/v1/orgs/{org}/webhooks/{id}/deliveries", get(deliveries))
+        .description(Some("Event kinds, or `*` for all"))
 }
 
 /// 404 unless `org` exists.
@@ -184,19 +195,57 @@ pub(super) async fn queue_deliveries(
     Ok(queued)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateWebhook {
+    /// Where to POST: an absolute `http` or `https` URL with a host, at most 2048 bytes.
+    #[schema(example = "https://hooks.example/coffer")]
     url: String,
+    /// The event kinds it hears (at least one), or `*` for all.
+    #[schema(schema_with = event_kinds)]
     events: Vec<String>,
 }
 
+/// A webhook, as created: with its secret, shown this once.
+#[derive(Serialize, ToSchema)]
+struct CreatedWebhook {
+    /// Its id.
+    id: String,
+    /// Where it POSTs.
+    url: String,
+    /// The event kinds it hears, sorted.
+    #[schema(schema_with = event_kinds)]
+    events: Vec<String>,
+    /// When it was created (seconds since the Unix epoch).
+    created_at: i64,
+    /// The HMAC key its deliveries are signed with (base64url, no padding).
+    secret: String,
+}
+
+/// Creates a webhook of an org (its owners and admins).
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/webhooks",
+    tag = "webhooks",
+    operation_id = "create_webhook",
+    params(("org" = String, Path, description = "The org's id", example = "acme")),
+    request_body = CreateWebhook,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = CreatedWebhook),
+        (status = 400, description = "The URL or events are invalid (`invalid_url`, \
+         `invalid_events`, `invalid_body`)", body = ErrorBody),
+        (status = 403, description = "The caller is not an owner or admin of the org \
+         (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such org (`not_found`)", body = ErrorBody),
+    )
+)]
 async fn create(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Path(org): Path<String>,
     Json(req): Json<CreateWebhook>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<CreatedWebhook>)> {
     let user = caller.user()?;
     require_org(&hub, &org).await?;
     auth::require_role(&hub, user, &org, &MANAGERS).await?;
@@ -230,21 +279,57 @@ async fn create(
     w.commit().await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "id": id,
-            "url": req.url,
-            "events": events,
-            "created_at": now,
-            "secret": secret,
-        })),
+        Json(CreatedWebhook {
+            id,
+            url: req.url,
+            events,
+            created_at: now,
+            secret,
+        }),
     ))
 }
 
+/// A webhook, as listed (never its secret).
+#[derive(Serialize, ToSchema)]
+struct WebhookInfo {
+    /// Its id.
+    id: String,
+    /// Where it POSTs.
+    url: String,
+    /// The event kinds it hears.
+    #[schema(schema_with = event_kinds)]
+    events: Vec<String>,
+    /// When it was created (seconds since the Unix epoch).
+    created_at: i64,
+}
+
+/// An org's webhooks.
+#[derive(Serialize, ToSchema)]
+struct WebhookList {
+    /// The active ones, oldest first.
+    webhooks: Vec<WebhookInfo>,
+}
+
+/// The active webhooks of an org (its owners, admins and auditors).
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/webhooks",
+    tag = "webhooks",
+    operation_id = "list_webhooks",
+    params(("org" = String, Path, description = "The org's id", example = "acme")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The webhooks", body = WebhookList),
+        (status = 403, description = "The caller is not an owner, admin or auditor of the org \
+         (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such org (`not_found`)", body = ErrorBody),
+    )
+)]
 async fn list(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Path(org): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WebhookList>> {
     let user = caller.user()?;
     require_org(&hub, &org).await?;
     auth::require_role(&hub, user, &org, &READERS).await?;
@@ -258,16 +343,16 @@ async fn list(
     let mut hooks = Vec::new();
     for r in rows {
         let events_json: String = r.try_get("events_json")?;
-        let events: Value = serde_json::from_str(&events_json)
+        let events: Vec<String> = serde_json::from_str(&events_json)
             .map_err(|e| ApiError::internal("stored webhook events", e))?;
-        hooks.push(json!({
-            "id": r.try_get::<String, _>("id")?,
-            "url": r.try_get::<String, _>("url")?,
-            "events": events,
-            "created_at": r.try_get::<i64, _>("created_at")?,
-        }));
+        hooks.push(WebhookInfo {
+            id: r.try_get("id")?,
+            url: r.try_get("url")?,
+            events,
+            created_at: r.try_get("created_at")?,
+        });
     }
-    Ok(Json(json!({"webhooks": hooks})))
+    Ok(Json(WebhookList { webhooks: hooks }))
 }
 
 /// 404 unless `id` is an active webhook of `org` (read through `conn`).
@@ -281,6 +366,25 @@ async fn require_webhook(conn: &mut AnyConnection, org: &str, id: &str) -> ApiRe
     Ok(row.try_get("url")?)
 }
 
+/// Deletes a webhook of an org; its pending deliveries end `failed` (its owners and admins).
+#[utoipa::path(
+    delete,
+    path = "/v1/orgs/{org}/webhooks/{id}",
+    tag = "webhooks",
+    operation_id = "delete_webhook",
+    params(
+        ("org" = String, Path, description = "The org's id", example = "acme"),
+        ("id" = String, Path, description = "The webhook's id"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "The caller is not an owner or admin of the org \
+         (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such org, or no such active webhook of it \
+         (`not_found`)", body = ErrorBody),
+    )
+)]
 async fn delete(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
@@ -320,19 +424,74 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct DeliveriesQuery {
+    /// The most to answer: 1 to 500 (default: 100).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
+/// One delivery of an event to a webhook.
+#[derive(Serialize, ToSchema)]
+struct Delivery {
+    /// Its id (also the payload's `id`).
+    id: String,
+    /// The event kind.
+    event: String,
+    /// How many attempts were made.
+    attempts: i64,
+    /// When the next attempt is due, while pending (seconds since the Unix epoch).
+    next_attempt_at: Option<i64>,
+    /// `pending`, `delivered` or `failed`.
+    #[schema(example = "delivered")]
+    status: String,
+    /// The HTTP status of the last attempt, if it got one.
+    last_http_status: Option<i64>,
+    /// Why the last attempt failed, if it did.
+    last_error: Option<String>,
+    /// When it was queued (seconds since the Unix epoch).
+    created_at: i64,
+    /// When it last changed (seconds since the Unix epoch).
+    updated_at: i64,
+}
+
+/// A webhook's delivery log.
+#[derive(Serialize, ToSchema)]
+struct DeliveryList {
+    /// The deliveries, newest first.
+    deliveries: Vec<Delivery>,
+}
+
+/// The delivery log of a webhook of an org, newest first (its owners, admins and auditors).
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/webhooks/{id}/deliveries",
+    tag = "webhooks",
+    params(
+        ("org" = String, Path, description = "The org's id", example = "acme"),
+        ("id" = String, Path, description = "The webhook's id"),
+        DeliveriesQuery,
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The deliveries", body = DeliveryList),
+        (status = 400, description = "The limit is out of range (`invalid_limit`), or a \
+         parameter is malformed (`invalid_query`)", body = ErrorBody),
+        (status = 403, description = "The caller is not an owner, admin or auditor of the org \
+         (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such org, or no such active webhook of it \
+         (`not_found`)", body = ErrorBody),
+    )
+)]
 async fn deliveries(
     State(hub): State<Arc<Hub>>,
     caller: Caller,
     Path((org, id)): Path<(String, String)>,
     Query(q): Query<DeliveriesQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DeliveryList>> {
     let user = caller.user()?;
     require_org(&hub, &org).await?;
     auth::require_role(&hub, user, &org, &READERS).await?;
@@ -359,19 +518,19 @@ async fn deliveries(
     for r in rows {
         let status: String = r.try_get("status")?;
         let next: i64 = r.try_get("next_attempt_at")?;
-        out.push(json!({
-            "id": r.try_get::<String, _>("id")?,
-            "event": r.try_get::<String, _>("event")?,
-            "attempts": r.try_get::<i64, _>("attempts")?,
-            "next_attempt_at": (status == "pending").then_some(next),
-            "status": status,
-            "last_http_status": r.try_get::<Option<i64>, _>("last_http_status")?,
-            "last_error": r.try_get::<Option<String>, _>("last_error")?,
-            "created_at": r.try_get::<i64, _>("created_at")?,
-            "updated_at": r.try_get::<i64, _>("updated_at")?,
-        }));
+        out.push(Delivery {
+            id: r.try_get("id")?,
+            event: r.try_get("event")?,
+            attempts: r.try_get("attempts")?,
+            next_attempt_at: (status == "pending").then_some(next),
+            status,
+            last_http_status: r.try_get("last_http_status")?,
+            last_error: r.try_get("last_error")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+        });
     }
-    Ok(Json(json!({"deliveries": out})))
+    Ok(Json(DeliveryList { deliveries: out }))
 }
 
 #[cfg(test)]

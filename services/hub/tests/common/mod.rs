@@ -27,17 +27,33 @@ impl TestHub {
     /// (the default) or `postgres` (a private server per test). `make test` runs the hub's
     /// suite once per backend.
     pub async fn new() -> Self {
-        match std::env::var("COFFER_HUB_TEST_DATABASE").as_deref() {
+        Self::new_on_test_database(true).await
+    }
+
+    /// Like [`new`](Self::new), but the hub makes no outbound requests: webhook deliveries stay
+    /// queued (for fuzzing, which registers webhooks with whatever URLs it makes up).
+    pub async fn without_deliveries() -> Self {
+        Self::new_on_test_database(false).await
+    }
+
+    async fn new_on_test_database(deliver: bool) -> Self {
+        let (dir, url, pg) = match std::env::var("COFFER_HUB_TEST_DATABASE").as_deref() {
             Ok("postgres") => {
                 let pg = postgres::Postgres::start();
                 let url = pg.create_database("hub").await;
-                let mut t = Self::with_database(url).await;
-                t._postgres = Some(pg);
-                t
+                (tempfile::tempdir().unwrap(), url, Some(pg))
             }
-            Ok("sqlite") | Err(_) => Self::sqlite().await,
+            Ok("sqlite") | Err(_) => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+                (dir, url, None)
+            }
             Ok(other) => panic!("COFFER_HUB_TEST_DATABASE={other:?}: expected sqlite or postgres"),
-        }
+        };
+        let config = Self::config(&dir, url);
+        let mut t = Self::launch(dir, config, deliver).await;
+        t._postgres = pg;
+        t
     }
 
     /// A hub on a fresh SQLite database.
@@ -53,26 +69,40 @@ impl TestHub {
     }
 
     async fn start(dir: tempfile::TempDir, database_url: String) -> Self {
-        let config = HubConfig {
+        let config = Self::config(&dir, database_url);
+        Self::start_with(dir, config).await
+    }
+
+    fn config(dir: &tempfile::TempDir, database_url: String) -> HubConfig {
+        HubConfig {
             database_url,
             state_dir: dir.path().join("state"),
             issuer: "https://hub.test".into(),
             audit_origin: "coffer/test/audit".into(),
             oidc: Vec::new(),
             kms: None,
-        };
-        Self::start_with(dir, config).await
+        }
     }
 
     /// A hub with `config` (its state dir should be inside `dir`).
     pub async fn start_with(dir: tempfile::TempDir, config: HubConfig) -> Self {
+        Self::launch(dir, config, true).await
+    }
+
+    /// Starts a hub with `config`; with its webhook worker if `deliver`, else with its
+    /// checkpointer only.
+    async fn launch(dir: tempfile::TempDir, config: HubConfig, deliver: bool) -> Self {
         let hub = Hub::open(config).await.unwrap();
         let admin_password = coffer_hub::api::bootstrap_admin(&hub, "admin")
             .await
             .unwrap()
             .expect("a fresh hub creates its administrator")
             .to_string();
-        coffer_hub::spawn_workers(&hub);
+        if deliver {
+            coffer_hub::spawn_workers(&hub);
+        } else {
+            coffer_hub::audit::spawn_checkpointer(hub.clone());
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
