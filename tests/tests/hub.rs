@@ -16,7 +16,6 @@ use coffer_hub::config::KmsLink;
 use coffer_hub::keys::HubKeys;
 use coffer_hub::{Hub, HubConfig};
 use coffer_tests::{build_image, checkout, free_port, run, unique, Vm};
-use coffer_tlog::bundle::LogExport;
 use coffer_types::Role;
 use serde_json::json;
 use sqlx::Row;
@@ -45,27 +44,37 @@ async fn append(hub: &Hub, n: usize, tag: &str) {
     w.commit().await.unwrap();
 }
 
-/// The log as `coffer audit verify --log` reads it: every entry and every co-signed checkpoint.
-async fn export(hub: &Hub) -> Vec<u8> {
-    let entries: Vec<Vec<u8>> = sqlx::query("SELECT body FROM audit_entries ORDER BY idx")
-        .fetch_all(&hub.db)
+/// `GET /v1/audit/export?cosigned=true` from the hub's API, as an administrator downloads it.
+async fn export(hub: &Arc<Hub>) -> Vec<u8> {
+    let password = coffer_hub::api::bootstrap_admin(hub, "admin")
         .await
         .unwrap()
-        .iter()
-        .map(|r| r.try_get::<String, _>("body").unwrap().into_bytes())
-        .collect();
-    let notes: Vec<Vec<u8>> =
-        sqlx::query("SELECT note FROM audit_checkpoints WHERE cosigned = 1 ORDER BY size")
-            .fetch_all(&hub.db)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.try_get::<String, _>("note").unwrap().into_bytes())
-            .collect();
-    LogExport::new(hub.audit.origin(), entries, &notes)
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(coffer_hub::api::serve(
+        hub.clone(),
+        listener,
+        std::future::pending(),
+    ));
+    let http = reqwest::Client::new();
+    let session: serde_json::Value = http
+        .post(format!("{base}/v1/auth/login"))
+        .json(&json!({"username": "admin", "password": password.as_str()}))
+        .send()
+        .await
         .unwrap()
-        .to_json()
-        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let answer = http
+        .get(format!("{base}/v1/audit/export?cosigned=true"))
+        .bearer_auth(session["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    answer.bytes().await.unwrap().to_vec()
 }
 
 #[test]
@@ -159,7 +168,17 @@ fn the_kms_vm_co_signs_the_hubs_checkpoints_refuses_a_fork_and_its_decisions_rea
 
         // `coffer audit verify` needs both signatures on every checkpoint, and gets them.
         let log = dir.join("log.json");
-        std::fs::write(&log, export(&hub).await).unwrap();
+        let export_json = export(&hub).await;
+        let parsed: serde_json::Value = serde_json::from_slice(&export_json).unwrap();
+        // The sign-in for the download added entries after the last co-signed checkpoint: the
+        // co-signed export stops at 12.
+        assert!(hub.audit.size() > 12);
+        assert_eq!(
+            parsed["entries"].as_array().map(Vec::len),
+            Some(12),
+            "{parsed}"
+        );
+        std::fs::write(&log, export_json).unwrap();
         let hub_key = keys.audit_signer().verifier_key().to_string();
         let outcome = run(&[
             "audit",

@@ -140,13 +140,20 @@ pub(super) async fn first_covering(
 
 /// The notes of the newest `limit` stored checkpoints of at most `size` entries, smallest first
 /// (not checked here: whoever downloads them checks them).
-pub(super) async fn stored_notes(hub: &Hub, size: u64, limit: usize) -> ApiResult<Vec<String>> {
+pub(super) async fn stored_notes(
+    hub: &Hub,
+    size: u64,
+    limit: usize,
+    cosigned_only: bool,
+) -> ApiResult<Vec<String>> {
     let limit = i64::try_from(limit).map_err(|e| ApiError::internal("checkpoint limit", e))?;
     let rows = sqlx::query(
-        "SELECT note FROM audit_checkpoints WHERE size <= $1 ORDER BY size DESC LIMIT $2",
+        "SELECT note FROM audit_checkpoints WHERE size <= $1 AND cosigned >= $3 \
+         ORDER BY size DESC LIMIT $2",
     )
     .bind(to_db(size)?)
     .bind(limit)
+    .bind(i64::from(cosigned_only))
     .fetch_all(&hub.db)
     .await?;
     let mut notes = rows
@@ -279,4 +286,14 @@ async fn cosign_or_log(hub: &Hub, link: &crate::config::KmsLink) {
         }
         Err(e) => tracing::warn!(error = %e, "audit checkpoint not co-signed yet"),
     }
+}
+
+/// The size of the largest checkpoint the KMS co-signed (`None`: none yet).
+pub(super) async fn last_cosigned_size(hub: &Hub) -> ApiResult<Option<u64>> {
+    let size: Option<i64> =
+        sqlx::query("SELECT MAX(size) AS s FROM audit_checkpoints WHERE cosigned = 1")
+            .fetch_one(&hub.db)
+            .await?
+            .try_get("s")?;
+    Ok(size.and_then(|s| u64::try_from(s).ok()))
 }

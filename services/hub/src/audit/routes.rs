@@ -41,7 +41,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::checkpoint::{
-    first_covering, from_db, latest_checkpoint, stored_checkpoint, stored_notes, to_db,
+    first_covering, from_db, last_cosigned_size, latest_checkpoint, stored_checkpoint,
+    stored_notes, to_db,
 };
 use crate::auth::{role_name, Caller};
 use crate::error::{ApiError, ApiResult, ErrorBody, Json, Query};
@@ -450,26 +451,53 @@ async fn consistency(
     }))
 }
 
+#[derive(Deserialize, IntoParams, Default)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ExportQuery {
+    /// Only checkpoints the KMS co-signed, and the entries up to the last of them: an export
+    /// that `coffer audit verify` checks against both the hub's and the KMS's keys.
+    #[serde(default)]
+    cosigned: bool,
+}
+
 /// Every entry of the log and the stored checkpoints (the newest [`MAX_CHECKPOINTS`] of them,
-/// the last one of the log's current size), for `coffer audit verify --log`.
+/// the last one of the log's current size), for `coffer audit verify --log`. With
+/// `cosigned=true`: the entries up to the last checkpoint the KMS co-signed, and co-signed
+/// checkpoints only.
 #[utoipa::path(
     get,
     path = "/v1/audit/export",
     tag = "audit",
+    params(ExportQuery),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A `coffer-tlog-export/v1` log export",
          content_type = "application/json", body = Object),
         (status = 403, description = "The caller is not a deployment administrator \
          (`forbidden`)", body = ErrorBody),
-        (status = 409, description = "The log is too large for one export (`log_too_large`)",
+        (status = 409, description = "The log is too large for one export (`log_too_large`), or \
+         `cosigned=true` and the KMS co-signed nothing yet (`no_cosigned_checkpoint`)",
          body = ErrorBody),
     )
 )]
-async fn export(State(hub): State<Arc<Hub>>, caller: Caller) -> ApiResult<Response> {
+async fn export(
+    State(hub): State<Arc<Hub>>,
+    caller: Caller,
+    Query(query): Query<ExportQuery>,
+) -> ApiResult<Response> {
     caller.admin()?;
-    let latest = latest_checkpoint(&hub).await?;
-    let size = latest.size;
+    let size = if query.cosigned {
+        last_cosigned_size(&hub).await?.ok_or_else(|| {
+            ApiError::conflict(
+                "no_cosigned_checkpoint",
+                "the KMS has co-signed no checkpoint of this log yet (does the hub have \
+                 --kms-endpoint?)",
+            )
+        })?
+    } else {
+        latest_checkpoint(&hub).await?.size
+    };
     if size > MAX_ENTRIES as u64 {
         return Err(ApiError::conflict(
             "log_too_large",
@@ -493,7 +521,7 @@ async fn export(State(hub): State<Arc<Hub>>, caller: Caller) -> ApiResult<Respon
         .iter()
         .map(|r| r.try_get::<String, _>("body").map(String::into_bytes))
         .collect::<Result<Vec<_>, _>>()?;
-    let notes: Vec<Vec<u8>> = stored_notes(&hub, size, MAX_CHECKPOINTS)
+    let notes: Vec<Vec<u8>> = stored_notes(&hub, size, MAX_CHECKPOINTS, query.cosigned)
         .await?
         .into_iter()
         .map(String::into_bytes)
