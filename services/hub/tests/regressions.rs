@@ -268,3 +268,37 @@ async fn an_optional_body_may_be_null() {
         "{b}"
     );
 }
+
+/// An org owner could get an identity token naming any string as workspace (owners belong to
+/// every workspace of their org): now only an existing, well-formed one.
+#[tokio::test]
+async fn an_identity_token_names_only_a_workspace_the_org_has() {
+    let t = TestHub::new().await;
+    let admin = t.admin().await;
+    t.org(&admin, "acme", "research").await;
+    let olga = t.user(&admin, "olga").await;
+    t.member(&admin, "acme", "olga", &["owner"], &[]).await;
+    let ask = |ws: &str| {
+        let body = json!({"org": "acme", "workspace": ws});
+        let olga = olga.clone();
+        let t = &t;
+        async move {
+            t.call("POST", "/v1/tokens/identity", Some(&olga), Some(body))
+                .await
+        }
+    };
+    let (status, body) = ask("research").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = ask("nowhere").await;
+    assert_eq!(
+        (status.as_u16(), body["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    assert_400(
+        "a malformed workspace",
+        &ask("a b/c").await,
+        "invalid_workspace",
+        "a b/c",
+    );
+}

@@ -750,10 +750,13 @@ struct IdentityToken {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The token", body = IdentityToken),
-        (status = 400, description = "The org id is invalid (`invalid_org`), or the body is \
-         malformed (`invalid_body`)", body = ErrorBody),
+        (status = 400, description = "The org id or workspace name is invalid \
+         (`invalid_org`, `invalid_workspace`), or the body is malformed (`invalid_body`)",
+         body = ErrorBody),
         (status = 403, description = "The caller is a service account, or not a member of the \
          workspace (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "The org has no such workspace (`not_found`)",
+         body = ErrorBody),
     )
 )]
 async fn identity_token(
@@ -764,7 +767,22 @@ async fn identity_token(
     let user = caller.user()?;
     let org =
         OrgId::new(&req.org).map_err(|e| ApiError::bad_request("invalid_org", e.to_string()))?;
+    super::orgs::check_workspace(&req.workspace)?;
     let roles = auth::roles_in(&hub.db, &user.id, &req.org).await?;
+    // Owners and admins belong to every workspace of their org, but only to those that exist:
+    // a token never names a workspace the org does not have.
+    let exists = sqlx::query("SELECT 1 AS x FROM workspaces WHERE org_id = $1 AND name = $2")
+        .bind(&req.org)
+        .bind(&req.workspace)
+        .fetch_optional(&hub.db)
+        .await?
+        .is_some();
+    if !roles.is_empty() && !exists {
+        return Err(ApiError::not_found(format!(
+            "workspace {:?} of org {:?}",
+            req.workspace, req.org
+        )));
+    }
     let member = roles.iter().any(|r| matches!(r, OrgRole::Owner | OrgRole::Admin))
         || sqlx::query("SELECT 1 AS x FROM workspace_members WHERE org_id = $1 AND workspace = $2 AND user_id = $3")
             .bind(&req.org)

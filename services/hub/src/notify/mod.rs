@@ -17,7 +17,7 @@
 //!
 //! An [`Event`] is recorded inside the [`crate::Writer`] transaction of the change that causes
 //! it: one inbox row per user, one pending delivery per subscribed webhook. Live streams and
-//! the worker see it only after the commit ([`Notifier::published`]), so nothing is announced
+//! the worker see it only after the commit (`Notifier::published`), so nothing is announced
 //! that was rolled back, and nothing committed is lost: the inbox and the deliveries are in the
 //! database, and the worker resumes pending deliveries after a restart.
 //!

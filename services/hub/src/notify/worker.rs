@@ -4,7 +4,7 @@
 //! A delivery is a `webhook_deliveries` row, queued in the transaction of the change that
 //! caused its event, so deliveries survive a restart: the worker picks up whatever is
 //! `pending` and due (`next_attempt_at` ≤ now). It wakes when a commit queues deliveries
-//! ([`super::Notifier::published`]) and polls every second. Each pass:
+//! (`Notifier::published`) and polls every second. Each pass:
 //!
 //! 1. reads up to [`BATCH`] due deliveries with their webhook's URL and secret;
 //! 2. **claims** them: moves `next_attempt_at` [`LEASE_SECS`] ahead, only if no one moved it
