@@ -21,6 +21,78 @@ pub enum DbError {
     /// A migration failed (the database is left as it was before that migration).
     #[error("cannot migrate the database: {0}")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    /// Another hub process holds the database.
+    #[error("another coffer-hub uses this database ({0}); one hub process writes to a database at a time")]
+    Locked(String),
+    /// Taking the lock failed.
+    #[error("cannot lock the database: {0}")]
+    Lock(String),
+}
+
+/// The hub's exclusive hold on its database, released when dropped (or when the process
+/// ends): the write lock, the audit log's indices and its in-memory tree are per process, so
+/// a second hub on the same database would make both wrong. SQLite: an `flock` on
+/// `<database>.hub-lock`; PostgreSQL: a session advisory lock held on a connection of its own.
+pub enum DbLock {
+    /// SQLite's lock file.
+    Sqlite(nix::fcntl::Flock<std::fs::File>),
+    /// PostgreSQL's connection holding the advisory lock (in a mutex only so that the hub is
+    /// `Sync`; it is never used again).
+    Postgres(std::sync::Mutex<sqlx::AnyConnection>),
+    /// An in-memory SQLite database: nobody else can open it.
+    Memory,
+}
+
+impl std::fmt::Debug for DbLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Sqlite(_) => "DbLock::Sqlite",
+            Self::Postgres(_) => "DbLock::Postgres",
+            Self::Memory => "DbLock::Memory",
+        })
+    }
+}
+
+/// The advisory lock key on PostgreSQL: "cofferhb" in ASCII.
+const PG_LOCK_KEY: i64 = 0x636f_6666_6572_6862;
+
+/// Takes the hub's exclusive hold on the database at `url` (see [`DbLock`]).
+pub async fn lock_exclusive(url: &str, pool: &AnyPool) -> Result<DbLock, DbError> {
+    if let Some(rest) = url.strip_prefix("sqlite:") {
+        let path = rest.trim_start_matches("//");
+        let path = path.split('?').next().unwrap_or(path);
+        if path.is_empty() || path.starts_with(':') {
+            return Ok(DbLock::Memory);
+        }
+        let lock_path = format!("{path}.hub-lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| DbError::Lock(format!("{lock_path}: {e}")))?;
+        return match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(DbLock::Sqlite(lock)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                Err(DbError::Locked(format!("{lock_path} is locked")))
+            }
+            Err((_, e)) => Err(DbError::Lock(format!("{lock_path}: {e}"))),
+        };
+    }
+    let mut conn = pool.acquire().await.map_err(DbError::Connect)?.detach();
+    let got: bool = sqlx::query("SELECT pg_try_advisory_lock($1) AS got")
+        .bind(PG_LOCK_KEY)
+        .fetch_one(&mut conn)
+        .await
+        .and_then(|row| sqlx::Row::try_get(&row, "got"))
+        .map_err(|e| DbError::Lock(e.to_string()))?;
+    if got {
+        Ok(DbLock::Postgres(std::sync::Mutex::new(conn)))
+    } else {
+        Err(DbError::Locked(format!(
+            "advisory lock {PG_LOCK_KEY:#x} is held"
+        )))
+    }
 }
 
 /// Connects to `url` and applies the migrations. SQLite files are created if missing and run

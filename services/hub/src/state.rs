@@ -37,6 +37,8 @@ pub struct Hub {
     /// OIDC ID token verification.
     pub oidc: OidcVerifier,
     write_lock: Mutex<()>,
+    /// This process's exclusive hold on the database.
+    _db_lock: crate::db::DbLock,
 }
 
 impl std::fmt::Debug for Hub {
@@ -49,9 +51,11 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
-    /// Opens the database (migrating it), the keys and the audit log.
+    /// Opens the database (migrating it; refused if another hub process holds it), the keys
+    /// and the audit log.
     pub async fn open(config: HubConfig) -> anyhow::Result<Arc<Self>> {
         let db = crate::db::connect(&config.database_url).await?;
+        let db_lock = crate::db::lock_exclusive(&config.database_url, &db).await?;
         let keys =
             HubKeys::load_or_create(&config.state_dir, &config.issuer, &config.audit_origin)?;
         let audit = AuditLog::open(&db, &config.audit_origin).await?;
@@ -64,6 +68,7 @@ impl Hub {
             notify: Notifier::new(),
             oidc,
             write_lock: Mutex::new(()),
+            _db_lock: db_lock,
         }))
     }
 

@@ -688,12 +688,16 @@ async fn a_modified_or_deleted_entry_refuses_the_start() {
     let size = t.hub.audit.size();
     assert!(size >= 6);
     coffer_hub::audit::checkpoint_now(&t.hub).await.unwrap();
+    // One hub per database: stop this one first (its directory keeps the database).
+    let _dir = t.stop().await;
     // Untouched, it opens again.
     let again = Hub::open(config.clone()).await.unwrap();
     assert_eq!(again.audit.size(), size);
     drop(again);
 
-    let db = &t.hub.db;
+    // Tampering goes through a plain connection, not a hub.
+    let pool = coffer_hub::db::connect(&config.database_url).await.unwrap();
+    let db = &pool;
     let row = |idx: u64| async move {
         let r = sqlx::query("SELECT body, leaf_hash, at FROM audit_entries WHERE idx = $1")
             .bind(idx as i64)

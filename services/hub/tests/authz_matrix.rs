@@ -25,6 +25,14 @@ async fn world() -> World {
     let admin = t.admin().await;
     t.org(&admin, "acme", "research").await;
     t.org(&admin, "beta", "lab").await;
+    t.ok(
+        201,
+        "POST",
+        "/v1/orgs/acme/workspaces",
+        Some(&admin),
+        Some(json!({"name": "other"})),
+    )
+    .await;
     let mut tokens = std::collections::BTreeMap::new();
     for (name, org, roles, ws) in [
         ("olga", "acme", &["owner"][..], &[][..]),

@@ -302,3 +302,18 @@ async fn an_identity_token_names_only_a_workspace_the_org_has() {
         "a b/c",
     );
 }
+
+/// Two hub processes on one database would each keep their own write lock and audit tree:
+/// the second is refused at start, naming why.
+#[tokio::test]
+async fn a_second_hub_on_the_same_database_is_refused() {
+    let t = TestHub::new().await;
+    let err = coffer_hub::Hub::open(t.hub.config.clone())
+        .await
+        .expect_err("a second hub on the same database must not start");
+    assert!(
+        err.to_string()
+            .contains("another coffer-hub uses this database"),
+        "{err}"
+    );
+}

@@ -120,6 +120,31 @@ impl TestHub {
         }
     }
 
+    /// Stops the hub (server and workers) and waits until it has let go of its database;
+    /// returns its directory (the SQLite database and the key stay in it).
+    pub async fn stop(self) -> tempfile::TempDir {
+        let Self {
+            hub,
+            _dir,
+            _shutdown,
+            http,
+            ..
+        } = self;
+        drop(http);
+        drop(_shutdown);
+        let weak = Arc::downgrade(&hub);
+        drop(hub);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while weak.strong_count() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the hub was not released within 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        _dir
+    }
+
     /// `method path` with an optional bearer token and JSON body; the status and JSON answer
     /// (`Value::Null` for an empty body).
     pub async fn call(
