@@ -856,3 +856,46 @@ async fn deleting_a_webhook_ends_its_pending_deliveries() {
         ("failed", Some("webhook deleted"))
     );
 }
+
+/// Nothing stored is lost: a delivery still pending when the hub stops is delivered by the
+/// next start (deliveries live in the database, not in the worker).
+#[tokio::test]
+async fn a_pending_delivery_survives_a_restart() {
+    let t = TestHub::sqlite().await;
+    // A retry at least a second away (times are whole seconds): the stop comes before it.
+    t.hub.notify.set_retry_base_secs(2);
+    let admin = t.admin().await;
+    t.org(&admin, "acme", "ws").await;
+    let rx = Receiver::start(&[500, 200]).await;
+    let (id, _) = create_webhook(&t, &admin, "acme", &rx.url, &["*"]).await;
+    emit(&t, "job.approved", "acme", &[], json!({"job": "job-1"})).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while rx.received().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no first attempt");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Stopped right after the failed first attempt, before the retry.
+    let (config, password) = (t.hub.config.clone(), t.admin_password.clone());
+    let dir = t.stop().await;
+    let pool = coffer_hub::db::connect(&config.database_url).await.unwrap();
+    let (status, attempts): (String, i64) =
+        sqlx::query_as("SELECT status, attempts FROM webhook_deliveries WHERE webhook_id = $1")
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), attempts),
+        ("pending", 1),
+        "stopped before the retry"
+    );
+    drop(pool);
+    let t = TestHub::reopen(dir, config, password).await;
+    let admin = t.admin().await;
+    let entry = settled(&t, &admin, "acme", &id).await;
+    assert_eq!(entry["status"], "delivered", "{entry}");
+    assert_eq!(entry["attempts"], 2, "{entry}");
+    let got = rx.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].1, got[1].1, "the same delivery, byte for byte");
+}

@@ -92,12 +92,31 @@ impl TestHub {
     /// Starts a hub with `config`; with its webhook worker if `deliver`, else with its
     /// checkpointer only.
     async fn launch(dir: tempfile::TempDir, config: HubConfig, deliver: bool) -> Self {
+        Self::launch_with(dir, config, deliver, None).await
+    }
+
+    /// Starts a hub again on the database and keys a stopped one left in `dir`
+    /// ([`stop`](Self::stop)); `admin_password` is the one its first start created.
+    pub async fn reopen(dir: tempfile::TempDir, config: HubConfig, admin_password: String) -> Self {
+        Self::launch_with(dir, config, true, Some(admin_password)).await
+    }
+
+    async fn launch_with(
+        dir: tempfile::TempDir,
+        config: HubConfig,
+        deliver: bool,
+        existing_admin: Option<String>,
+    ) -> Self {
         let hub = Hub::open(config).await.unwrap();
-        let admin_password = coffer_hub::api::bootstrap_admin(&hub, "admin")
+        let created = coffer_hub::api::bootstrap_admin(&hub, "admin")
             .await
-            .unwrap()
-            .expect("a fresh hub creates its administrator")
-            .to_string();
+            .unwrap();
+        let admin_password = match (created, existing_admin) {
+            (Some(created), None) => created.to_string(),
+            (None, Some(existing)) => existing,
+            (Some(_), Some(_)) => panic!("a reopened hub must not create a new administrator"),
+            (None, None) => panic!("a fresh hub creates its administrator"),
+        };
         if deliver {
             coffer_hub::spawn_workers(&hub);
         } else {
