@@ -1,5 +1,6 @@
 # Coffer: two commands do everything on a fresh Debian 12 machine.
-#   make demo   build the three appliance images, boot them side by side, show them healthy, stop them
+#   make demo   build the three appliance images, boot them side by side with the control plane,
+#               show them attesting each other and the KMS co-signing the audit log, stop them
 #   make test   every test: unit tests, CLI tests, and the QEMU tier that boots real images
 # Both install what is missing first (scripts/install-deps.sh).
 
@@ -10,7 +11,7 @@ export COFFER_VENV ?= $(HOME)/.cache/coffer/venv
 export PATH := $(COFFER_VENV)/bin:$(PATH)
 COFFER := $(CARGO_TARGET_DIR)/debug/coffer
 
-.PHONY: deps coffer images pin demo test test-unit test-qemu bench lint fuzz
+.PHONY: deps coffer hub images pin demo test test-unit test-qemu bench lint fuzz
 
 deps:
 	@scripts/install-deps.sh
@@ -26,8 +27,12 @@ images: coffer
 pin: images
 	@for role in kms client executor; do $(COFFER) image pin $$role || exit 1; done
 
-demo: coffer
-	@scripts/demo.sh "$(COFFER)"
+hub: deps
+	@echo "make: building the control plane (coffer-hub)"
+	cargo build --locked -p coffer-hub
+
+demo: coffer hub
+	@scripts/demo.sh "$(COFFER)" "$(CARGO_TARGET_DIR)/debug/coffer-hub"
 
 # Unit and CLI tests first (fast), then the QEMU tier (boots VMs under TCG, about a minute).
 test: deps

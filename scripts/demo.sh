@@ -2,13 +2,20 @@
 # make demo: build the three appliance images, launch them side by side under QEMU into one
 # deployment (sim platform: the simulated secure processor beside each VM), show the client and
 # executor attesting the kms over the mutually attested mesh, check the kms from the host through
-# its attestation endpoint, then power everything off cleanly.
+# its attestation endpoint, run the control plane beside them (its audit log co-signed by the
+# attested kms, checked offline with coffer audit verify), then power everything off cleanly.
 set -euo pipefail
-coffer=${1:?usage: demo.sh PATH-TO-coffer}
+coffer=${1:?usage: demo.sh PATH-TO-coffer PATH-TO-coffer-hub}
+hub=${2:?usage: demo.sh PATH-TO-coffer PATH-TO-coffer-hub}
 cd "$(dirname "$0")/.."
 state=out/demo-state
 mkdir -p "$state"
-trap '"$coffer" --state-dir "$state" stop >/dev/null 2>&1 || true' EXIT
+hub_pid=
+cleanup() {
+  [ -n "$hub_pid" ] && kill "$hub_pid" 2>/dev/null || true
+  "$coffer" --state-dir "$state" stop >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
 
 echo "== building the three appliance images (reproducible; see out/images/<role>/manifest.json)"
 for role in kms client executor; do
@@ -29,11 +36,21 @@ done
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 mesh_port=$(free_port)
 attest_port=$(free_port)
+hub_port=$(free_port)
+echo
+echo "== the control plane's signing key (a fresh hub each demo): the kms will trust it as its"
+echo "   control-plane issuer (identity tokens, job grants, audit requests)"
+rm -rf "$state/hub"
+mkdir -p "$state/hub"
+"$hub" --state-dir "$state/hub/state" --issuer https://hub.demo --deployment demo \
+  --print-kms-authz > "$state/hub/kms-authz.json"
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("issuer", d["issuers"][0]["issuer"], "key", d["issuers"][0]["jwks"]["keys"][0]["kid"])' "$state/hub/kms-authz.json"
+
 echo
 echo "== a deployment manifest: every role's pins, the simulated root of this machine, the kms's"
-echo "   mesh endpoint as the VMs see it (the host's port forward)"
+echo "   mesh endpoint as the VMs see it (the host's port forward), the kms's token issuers"
 "$coffer" --state-dir "$state" deployment init --out "$state/deployment.json" --id demo \
-  --endpoint "kms=10.0.2.2:$mesh_port"
+  --endpoint "kms=10.0.2.2:$mesh_port" --kms-authz "$state/hub/kms-authz.json"
 
 echo
 echo "== booting them into the deployment under QEMU (TCG): config disk + HOST_DATA, each checked"
@@ -71,6 +88,81 @@ echo
 echo "== people: the kms's attestation endpoint, checked from the host with a fresh nonce"
 "$coffer" verify endpoint "https://127.0.0.1:$attest_port" --deployment "$state/deployment.json" \
   --role kms --allow-simulation
+
+echo
+echo "== the control plane (coffer-hub, a host process) beside the VMs: it attests the kms's endpoint"
+echo "   against the manifest, then asks it to co-sign each audit checkpoint and collects its decisions"
+"$hub" --database "sqlite://$state/hub/hub.db" --state-dir "$state/hub/state" --issuer https://hub.demo \
+  --deployment demo --listen "127.0.0.1:$hub_port" --kms-endpoint "https://127.0.0.1:$attest_port" \
+  --deployment-manifest "$state/deployment.json" --allow-simulation > "$state/hub/hub.log" 2>&1 &
+hub_pid=$!
+python3 - "$hub_port" "$state/hub" <<'PY'
+import json, re, sys, time, urllib.request
+port, dir = sys.argv[1], sys.argv[2]
+base = f"http://127.0.0.1:{port}"
+def call(method, path, token=None, body=None, ok=(200, 201)):
+    req = urllib.request.Request(base + path, method=method,
+                                 data=None if body is None else json.dumps(body).encode())
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read() or b"null")
+password = None
+for _ in range(300):
+    log = open(f"{dir}/hub.log").read()
+    m = re.search(r'created administrator "admin" with password (\S+)', log)
+    if m:
+        password = m.group(1)
+        try:
+            call("GET", "/openapi.json")
+            break
+        except Exception:
+            pass
+    time.sleep(0.1)
+if not password:
+    sys.exit("coffer-hub did not start; see " + dir + "/hub.log")
+print(f"hub: {base}  (API description: {base}/openapi.json; admin password in {dir}/hub.log)")
+token = call("POST", "/v1/auth/login", body={"username": "admin", "password": password})["token"]
+call("POST", "/v1/orgs", token, {"id": "acme", "name": "Acme"})
+call("POST", "/v1/orgs/acme/workspaces", token, {"name": "research"})
+print("hub: signed in as admin, created org acme with workspace research (each an audit entry)")
+cp = call("GET", "/v1/audit/checkpoint", token)
+open(f"{dir}/hub.vkey", "w").write(cp["verifier_key"])
+# The hub signs a checkpoint when the log grew and asks the kms to co-sign it: wait for one
+# that covers what we just did.
+export = None
+for _ in range(300):
+    try:
+        export = call("GET", "/v1/audit/export?cosigned=true", token)
+        if len(export["entries"]) >= cp["size"]:
+            break
+    except urllib.error.HTTPError as e:
+        if e.code != 409:
+            raise
+    time.sleep(0.2)
+else:
+    sys.exit("the kms co-signed no checkpoint of our actions within 60 s; see " + dir + "/hub.log")
+json.dump(export, open(f"{dir}/audit-export.json", "w"))
+import base64
+for e in export["entries"]:
+    entry = json.loads(base64.b64decode(e))
+    print(f"  entry {entry['idx']}: {entry['actor']} {entry['action']} {entry['outcome']}")
+note = export["checkpoints"][-1]
+print(f"hub: the last co-signed checkpoint covers these {len(export['entries'])} entries; its signatures:")
+for line in note.splitlines():
+    if line.startswith("\u2014 "):
+        print("     ", line.split(" ")[1], "(signed)")
+PY
+kms_vkey=$("$coffer" verify endpoint "https://127.0.0.1:$attest_port" --deployment "$state/deployment.json" \
+  --role kms --allow-simulation | awk '/claim audit_signer = / { print $4 }')
+echo
+echo "== the audit log, checked offline against both keys: the hub's and the one the kms's"
+echo "   evidence vouches for (coffer audit verify; exit 0 = every checkpoint signed by both)"
+"$coffer" audit verify --log "$state/hub/audit-export.json" --trust "$(cat "$state/hub/hub.vkey")" \
+  --trust "$kms_vkey"
+kill "$hub_pid" 2>/dev/null || true
+hub_pid=
 
 echo
 echo "== image sizes"

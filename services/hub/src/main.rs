@@ -39,6 +39,11 @@ struct Args {
     /// Accept a KMS on the simulated platform (development and CI only).
     #[arg(long)]
     allow_simulation: bool,
+    /// Print the `kms.authz` document naming this hub as the KMS's control-plane issuer (its
+    /// public JWKS; the key is created if missing), for `coffer deployment init --kms-authz`,
+    /// and exit.
+    #[arg(long)]
+    print_kms_authz: bool,
     /// Create this deployment administrator if the hub has no users (password printed once).
     #[arg(long, default_value = "admin")]
     bootstrap_admin: String,
@@ -77,6 +82,18 @@ async fn main() -> anyhow::Result<()> {
         audit_origin: format!("coffer/{}/audit", args.deployment),
         oidc,
     };
+    if args.print_kms_authz {
+        let keys = coffer_hub::keys::HubKeys::load_or_create(
+            &config.state_dir,
+            &config.issuer,
+            &config.audit_origin,
+        )?;
+        let authz = serde_json::json!({"issuers": [{
+            "issuer": keys.issuer(), "kind": "control_plane", "jwks": keys.jwks(),
+        }]});
+        println!("{}", serde_json::to_string_pretty(&authz)?);
+        return Ok(());
+    }
     let hub = Hub::open(config).await?;
     if let Some(password) = coffer_hub::api::bootstrap_admin(&hub, &args.bootstrap_admin).await? {
         // Shown once, on the operator's terminal; never logged.

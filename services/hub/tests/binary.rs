@@ -142,3 +142,32 @@ fn an_unsupported_database_is_refused_naming_it() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn print_kms_authz_names_the_key_the_running_hub_signs_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_coffer-hub"))
+        .args(["--state-dir", dir.path().join("state").to_str().unwrap()])
+        .args(["--issuer", "https://hub.demo", "--print-kms-authz"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let authz: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(authz["issuers"][0]["issuer"], "https://hub.demo");
+    assert_eq!(authz["issuers"][0]["kind"], "control_plane");
+    // The KMS accepts the document as its authz configuration.
+    let config: coffer_kms::AuthzConfig = serde_json::from_value(authz.clone()).unwrap();
+    coffer_kms::Authorizer::new(config).unwrap();
+    let running = start(dir.path());
+    let jwks: serde_json::Value = reqwest::get(format!("{}/.well-known/jwks.json", running.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(authz["issuers"][0]["jwks"], jwks["jwks"]);
+}
