@@ -12,6 +12,9 @@ pub const IDENTITY_TOKEN_LIFETIME_SECS: u64 = 600;
 pub const JOB_GRANT_LIFETIME_SECS: u64 = 3600;
 /// Failed sign-ins per account within [`LOGIN_WINDOW_SECS`] before further attempts are refused.
 pub const LOGIN_MAX_FAILURES: u64 = 5;
+/// Failed sign-ins from one address within [`LOGIN_WINDOW_SECS`] (on any accounts) before
+/// further attempts from it are refused: against one password tried on many accounts.
+pub const LOGIN_MAX_FAILURES_PER_ADDRESS: u64 = 50;
 /// The window of the login rate limit (15 minutes).
 pub const LOGIN_WINDOW_SECS: u64 = 900;
 

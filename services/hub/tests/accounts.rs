@@ -292,3 +292,45 @@ async fn oidc_id_tokens_sign_in_linked_users_only() {
     let (s, b) = login(forged).await;
     assert_eq!(s, 401, "forged: {b}");
 }
+
+#[tokio::test]
+async fn fifty_failures_from_one_address_stop_it_trying_passwords_on_any_account() {
+    let t = TestHub::new().await;
+    let admin = t.admin().await;
+    t.user(&admin, "alice").await;
+    // One password tried on many accounts (most do not exist): each a failure from 127.0.0.1.
+    for i in 0..coffer_hub::config::LOGIN_MAX_FAILURES_PER_ADDRESS {
+        let (s, _) = t
+            .call(
+                "POST",
+                "/v1/auth/login",
+                None,
+                Some(json!({"username": format!("user{i}"), "password": "Summer2026!!"})),
+            )
+            .await;
+        assert_eq!(s, 401);
+    }
+    // Now even a right password for an account with no failures of its own is refused.
+    let (s, b) = t
+        .call(
+            "POST",
+            "/v1/auth/login",
+            None,
+            Some(json!({"username": "alice", "password": "alice-password-1"})),
+        )
+        .await;
+    assert_eq!(
+        (s.as_u16(), b["error"]["code"].as_str()),
+        (429, Some("too_many_attempts")),
+        "{b}"
+    );
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("from this address"),
+        "{b}"
+    );
+    // The session already held keeps working.
+    t.ok(200, "GET", "/v1/me", Some(&admin), None).await;
+}

@@ -17,7 +17,10 @@ use zeroize::Zeroizing;
 
 use crate::audit::AuditRecord;
 use crate::auth::{self, password, Caller};
-use crate::config::{IDENTITY_TOKEN_LIFETIME_SECS, LOGIN_MAX_FAILURES, LOGIN_WINDOW_SECS};
+use crate::config::{
+    IDENTITY_TOKEN_LIFETIME_SECS, LOGIN_MAX_FAILURES, LOGIN_MAX_FAILURES_PER_ADDRESS,
+    LOGIN_WINDOW_SECS,
+};
 use crate::error::{ApiError, ApiResult, ErrorBody, Json};
 use crate::state::Hub;
 
@@ -81,8 +84,9 @@ struct Session {
 
 /// Signs in with a user name and password.
 ///
-/// After too many failures for one user name within the window, sign-in is refused (429) for
-/// that name until the oldest failure leaves the window, even with the right password.
+/// After too many failures for one user name, or from one address, within the window, sign-in
+/// is refused (429) for that name or address until the oldest failure leaves the window, even
+/// with the right password.
 #[utoipa::path(
     post,
     path = "/v1/auth/login",
@@ -94,13 +98,14 @@ struct Session {
          (`invalid_body`, `invalid_username`)", body = ErrorBody),
         (status = 401, description = "Wrong user name or password (`unauthenticated`)",
          body = ErrorBody),
-        (status = 429, description = "Too many failed sign-ins for this user name \
-         (`too_many_attempts`)", body = ErrorBody,
+        (status = 429, description = "Too many failed sign-ins for this user name or from this \
+         address (`too_many_attempts`)", body = ErrorBody,
          headers(("Retry-After" = u64, description = "Seconds until sign-in is possible again"))),
     )
 )]
 async fn login(
     State(hub): State<Arc<Hub>>,
+    ClientIp(ip): ClientIp,
     Json(req): Json<LoginRequest>,
 ) -> ApiResult<Json<Session>> {
     // A name that cannot be a user's is refused before anything is recorded under it.
@@ -109,7 +114,8 @@ async fn login(
         "anonymous:{}",
         req.username.chars().take(64).collect::<String>()
     );
-    check_rate(&hub, &req.username, &actor).await?;
+    let limits = limits(&req.username, ip);
+    check_rate(&hub, &limits, &actor).await?;
     let row = sqlx::query("SELECT id, password_hash FROM users WHERE username = $1")
         .bind(&req.username)
         .fetch_optional(&hub.db)
@@ -126,9 +132,11 @@ async fn login(
     match (ok, user_id) {
         (true, Some(user_id)) => {
             // Re-checked under the write lock: attempts racing the limit do not get through.
-            if failures(&mut w, &req.username).await?.0 >= LOGIN_MAX_FAILURES {
-                drop(w);
-                return Err(rate_limited(&hub, &req.username, &actor).await);
+            for limit in &limits {
+                if failures(&mut w, limit).await? >= limit.max {
+                    drop(w);
+                    return Err(rate_limited(&hub, limit, &actor).await);
+                }
             }
             sqlx::query("DELETE FROM login_failures WHERE username = $1")
                 .bind(&req.username)
@@ -143,8 +151,9 @@ async fn login(
             Ok(Json(Session { token, expires_at }))
         }
         _ => {
-            sqlx::query("INSERT INTO login_failures (username, at) VALUES ($1, $2)")
+            sqlx::query("INSERT INTO login_failures (username, ip, at) VALUES ($1, $2, $3)")
                 .bind(&req.username)
+                .bind(ip.map(|ip| ip.to_string()))
                 .bind(crate::db::now())
                 .execute(w.conn())
                 .await?;
@@ -161,61 +170,114 @@ async fn login(
 }
 
 /// (failures in the window, the oldest one's time).
-async fn failures(w: &mut crate::Writer<'_>, username: &str) -> ApiResult<(u64, i64)> {
+/// One sign-in failure limit: failures recorded under `column = value` within
+/// [`LOGIN_WINDOW_SECS`].
+struct Limit {
+    /// `username` or `ip` (a column of `login_failures`; never user input).
+    column: &'static str,
+    value: String,
+    max: u64,
+    /// "for this account", "from this address".
+    scope: &'static str,
+}
+
+/// The limits a sign-in as `username` from `ip` is under: the account's (against guessing one
+/// password) and the address's (against trying one password on many accounts). Without a
+/// peer address (a router served without connection info), the account's only.
+fn limits(username: &str, ip: Option<std::net::IpAddr>) -> Vec<Limit> {
+    let mut limits = vec![Limit {
+        column: "username",
+        value: username.to_owned(),
+        max: LOGIN_MAX_FAILURES,
+        scope: "for this account",
+    }];
+    if let Some(ip) = ip {
+        limits.push(Limit {
+            column: "ip",
+            value: ip.to_string(),
+            max: LOGIN_MAX_FAILURES_PER_ADDRESS,
+            scope: "from this address",
+        });
+    }
+    limits
+}
+
+/// Failures under `limit` in the window.
+async fn count(db: &mut sqlx::AnyConnection, limit: &Limit) -> ApiResult<(u64, i64)> {
     let since = crate::db::now() - LOGIN_WINDOW_SECS as i64;
-    let row = sqlx::query(
-        "SELECT COUNT(*) AS n, COALESCE(MIN(at), 0) AS oldest FROM login_failures WHERE username = $1 AND at > $2",
-    )
-    .bind(username)
+    let row = sqlx::query(&format!(
+        "SELECT COUNT(*) AS n, COALESCE(MIN(at), 0) AS oldest FROM login_failures \
+         WHERE {} = $1 AND at > $2",
+        limit.column
+    ))
+    .bind(&limit.value)
     .bind(since)
-    .fetch_one(w.conn())
+    .fetch_one(db)
     .await?;
     let n: i64 = row.try_get("n")?;
     Ok((u64::try_from(n).unwrap_or(0), row.try_get("oldest")?))
 }
 
-async fn check_rate(hub: &Hub, username: &str, actor: &str) -> ApiResult<()> {
-    let since = crate::db::now() - LOGIN_WINDOW_SECS as i64;
-    let n: i64 =
-        sqlx::query("SELECT COUNT(*) AS n FROM login_failures WHERE username = $1 AND at > $2")
-            .bind(username)
-            .bind(since)
-            .fetch_one(&hub.db)
-            .await?
-            .try_get("n")?;
-    if u64::try_from(n).unwrap_or(0) >= LOGIN_MAX_FAILURES {
-        return Err(rate_limited(hub, username, actor).await);
+async fn failures(w: &mut crate::Writer<'_>, limit: &Limit) -> ApiResult<u64> {
+    Ok(count(w.conn(), limit).await?.0)
+}
+
+async fn check_rate(hub: &Hub, limits: &[Limit], actor: &str) -> ApiResult<()> {
+    let mut conn = hub.db.acquire().await?;
+    for limit in limits {
+        if count(&mut conn, limit).await?.0 >= limit.max {
+            drop(conn);
+            return Err(rate_limited(hub, limit, actor).await);
+        }
     }
     Ok(())
 }
 
-async fn rate_limited(hub: &Hub, username: &str, actor: &str) -> ApiError {
-    let since = crate::db::now() - LOGIN_WINDOW_SECS as i64;
-    let oldest: i64 = match sqlx::query(
-        "SELECT COALESCE(MIN(at), 0) AS oldest FROM login_failures WHERE username = $1 AND at > $2",
-    )
-    .bind(username)
-    .bind(since)
-    .fetch_one(&hub.db)
-    .await
-    .and_then(|r| r.try_get("oldest"))
-    {
-        Ok(t) => t,
+async fn rate_limited(hub: &Hub, limit: &Limit, actor: &str) -> ApiError {
+    let oldest = match hub.db.acquire().await {
+        Ok(mut conn) => match count(&mut conn, limit).await {
+            Ok((_, oldest)) => oldest,
+            Err(e) => return e,
+        },
         Err(e) => return e.into(),
     };
-    hub.audit_refusal(AuditRecord::denied(actor, "auth.login", "rate_limited"))
+    let why = format!("rate_limited ({})", limit.column);
+    hub.audit_refusal(AuditRecord::denied(actor, "auth.login", &why))
         .await;
     let wait = (oldest + LOGIN_WINDOW_SECS as i64 - crate::db::now()).max(1);
     let mut err = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "too_many_attempts",
         format!(
-            "{LOGIN_MAX_FAILURES} failed sign-ins for this account within {} minutes; try again in {wait} s",
+            "{} failed sign-ins {} within {} minutes; try again in {wait} s",
+            limit.max,
+            limit.scope,
             LOGIN_WINDOW_SECS / 60
         ),
     );
     err.retry_after = Some(wait as u64);
     err
+}
+
+/// The peer address of the connection, when the router is served with connection info
+/// ([`super::serve`] does). Behind a reverse proxy this is the proxy's address: the per-address
+/// limit then counts everyone behind it together (no forwarded header is trusted).
+pub(crate) struct ClientIp(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
 }
 
 #[derive(Deserialize, ToSchema)]
