@@ -59,3 +59,21 @@ pub struct OidcIssuer {
     /// The issuer's JWKS, inline (fetched and pinned by the operator).
     pub jwks: serde_json::Value,
 }
+
+impl KmsLink {
+    /// Attests the KMS's endpoint against the manifest's pins for the kms role (simulated
+    /// evidence only if [`KmsLink::allow_simulation`]); its check holds the attested TLS key
+    /// and the claims the evidence vouches for.
+    pub async fn attest(
+        &self,
+    ) -> Result<coffer_mesh::endpoint::EndpointCheck, coffer_mesh::MeshError> {
+        let simulation = if self.allow_simulation {
+            coffer_mesh::Simulation::DangerousAccept
+        } else {
+            coffer_mesh::Simulation::Refuse
+        };
+        let trust = coffer_mesh::Trust::from_manifest(&self.manifest, simulation)?;
+        coffer_mesh::endpoint::check_endpoint(&self.endpoint, &trust, Some(coffer_types::Role::Kms))
+            .await
+    }
+}

@@ -833,17 +833,9 @@ async fn identity_token(
     let roles = auth::roles_in(&hub.db, &user.id, &req.org).await?;
     // Owners and admins belong to every workspace of their org, but only to those that exist:
     // a token never names a workspace the org does not have.
-    let exists = sqlx::query("SELECT 1 AS x FROM workspaces WHERE org_id = $1 AND name = $2")
-        .bind(&req.org)
-        .bind(&req.workspace)
-        .fetch_optional(&hub.db)
-        .await?
-        .is_some();
-    if !roles.is_empty() && !exists {
-        return Err(ApiError::not_found(format!(
-            "workspace {:?} of org {:?}",
-            req.workspace, req.org
-        )));
+    if !roles.is_empty() {
+        super::orgs::require_workspace(&mut *hub.db.acquire().await?, &req.org, &req.workspace)
+            .await?;
     }
     let member = roles.iter().any(|r| matches!(r, OrgRole::Owner | OrgRole::Admin))
         || sqlx::query("SELECT 1 AS x FROM workspace_members WHERE org_id = $1 AND workspace = $2 AND user_id = $3")

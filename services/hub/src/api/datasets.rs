@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::orgs::{check_workspace, require_org, MANAGERS};
+use super::orgs::{check_workspace, require_org, require_workspace, MANAGERS, MEMBERS};
 use crate::audit::AuditRecord;
 use crate::auth::{self, Caller};
 use crate::error::{ApiError, ApiResult, ErrorBody, Json, Path, Query};
@@ -231,17 +231,7 @@ async fn create(
     check_policy(&req.policy)?;
     let id = crate::db::new_id("ds-");
     let mut w = hub.writer().await?;
-    let ws = sqlx::query("SELECT 1 AS x FROM workspaces WHERE org_id = $1 AND name = $2")
-        .bind(&org)
-        .bind(&req.workspace)
-        .fetch_optional(w.conn())
-        .await?;
-    if ws.is_none() {
-        return Err(ApiError::not_found(format!(
-            "workspace {:?} of org {org:?}",
-            req.workspace
-        )));
-    }
+    require_workspace(w.conn(), &org, &req.workspace).await?;
     let taken = sqlx::query(
         "SELECT 1 AS x FROM datasets WHERE org_id = $1 AND workspace = $2 AND name = $3",
     )
@@ -383,19 +373,7 @@ async fn list_org(
 ) -> ApiResult<Json<DatasetList>> {
     let user = caller.user()?;
     require_org(&hub, &org).await?;
-    auth::require_role(
-        &hub,
-        user,
-        &org,
-        &[
-            OrgRole::Owner,
-            OrgRole::Admin,
-            OrgRole::Analyst,
-            OrgRole::Approver,
-            OrgRole::Auditor,
-        ],
-    )
-    .await?;
+    auth::require_role(&hub, user, &org, &MEMBERS).await?;
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM datasets WHERE org_id = $1 AND deleted_at IS NULL \
          AND ($2 = '' OR workspace = $2) ORDER BY workspace, name"

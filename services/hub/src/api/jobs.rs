@@ -30,7 +30,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::orgs::MANAGERS;
+use super::orgs::{require_workspace, workspace_exists, MANAGERS};
 use crate::audit::AuditRecord;
 use crate::auth::{self, role_name, Caller, User};
 use crate::config::JOB_GRANT_LIFETIME_SECS;
@@ -486,31 +486,14 @@ async fn create(
     let now = crate::db::now();
     let mut w = hub.writer().await?;
     for r in &recipients {
-        let exists = sqlx::query("SELECT 1 AS x FROM workspaces WHERE org_id = $1 AND name = $2")
-            .bind(&r.org)
-            .bind(&r.workspace)
-            .fetch_optional(w.conn())
-            .await?
-            .is_some();
-        if !exists {
+        if !workspace_exists(w.conn(), &r.org, &r.workspace).await? {
             return Err(ApiError::not_found(format!(
                 "recipient workspace {:?} of org {:?}",
                 r.workspace, r.org
             )));
         }
     }
-    let ws_exists = sqlx::query("SELECT 1 AS x FROM workspaces WHERE org_id = $1 AND name = $2")
-        .bind(&req.org)
-        .bind(&req.workspace)
-        .fetch_optional(w.conn())
-        .await?
-        .is_some();
-    if !ws_exists {
-        return Err(ApiError::not_found(format!(
-            "workspace {:?} of org {:?}",
-            req.workspace, req.org
-        )));
-    }
+    require_workspace(w.conn(), &req.org, &req.workspace).await?;
     sqlx::query(
         "INSERT INTO jobs (id, org_id, workspace, name, created_by, state, definition, recipients_json, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",

@@ -30,6 +30,60 @@ pub(super) fn routes() -> OpenApiRouter<Arc<Hub>> {
 /// The roles that manage an org.
 pub(crate) const MANAGERS: [OrgRole; 2] = [OrgRole::Owner, OrgRole::Admin];
 
+/// Every role: any member of an org.
+pub(crate) const MEMBERS: [OrgRole; 5] = [
+    OrgRole::Owner,
+    OrgRole::Admin,
+    OrgRole::Analyst,
+    OrgRole::Approver,
+    OrgRole::Auditor,
+];
+
+/// Whether `org` has workspace `name`.
+pub(crate) async fn workspace_exists(
+    conn: &mut sqlx::AnyConnection,
+    org: &str,
+    name: &str,
+) -> ApiResult<bool> {
+    Ok(
+        sqlx::query("SELECT 1 AS x FROM workspaces WHERE org_id = $1 AND name = $2")
+            .bind(org)
+            .bind(name)
+            .fetch_optional(conn)
+            .await?
+            .is_some(),
+    )
+}
+
+/// 404 naming the workspace unless `org` has it.
+pub(crate) async fn require_workspace(
+    conn: &mut sqlx::AnyConnection,
+    org: &str,
+    name: &str,
+) -> ApiResult<()> {
+    if workspace_exists(conn, org, name).await? {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!(
+            "workspace {name:?} of org {org:?}"
+        )))
+    }
+}
+
+/// Removes `user_id`'s roles in `org` and its workspace memberships.
+async fn clear_membership(w: &mut crate::Writer<'_>, org: &str, user_id: &str) -> ApiResult<()> {
+    for table in ["memberships", "workspace_members"] {
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE org_id = $1 AND user_id = $2"
+        ))
+        .bind(org)
+        .bind(user_id)
+        .execute(w.conn())
+        .await?;
+    }
+    Ok(())
+}
+
 /// A workspace name: same rules as an org id (the KMS binds it into data-key requests).
 pub(crate) fn check_workspace(name: &str) -> ApiResult<()> {
     OrgId::new(name).map(|_| ()).map_err(|_| {
@@ -217,13 +271,7 @@ async fn create_workspace(
     auth::require_role(&hub, user, &org, &MANAGERS).await?;
     check_workspace(&req.name)?;
     let mut w = hub.writer().await?;
-    let exists = sqlx::query("SELECT 1 AS x FROM workspaces WHERE org_id = $1 AND name = $2")
-        .bind(&org)
-        .bind(&req.name)
-        .fetch_optional(w.conn())
-        .await?
-        .is_some();
-    if exists {
+    if workspace_exists(w.conn(), &org, &req.name).await? {
         return Err(ApiError::conflict(
             "workspace_exists",
             format!("workspace {:?} already exists in org {org:?}", req.name),
@@ -279,19 +327,7 @@ async fn list_workspaces(
 ) -> ApiResult<Json<WorkspaceList>> {
     let user = caller.user()?;
     require_org(&hub, &org).await?;
-    auth::require_role(
-        &hub,
-        user,
-        &org,
-        &[
-            OrgRole::Owner,
-            OrgRole::Admin,
-            OrgRole::Analyst,
-            OrgRole::Approver,
-            OrgRole::Auditor,
-        ],
-    )
-    .await?;
+    auth::require_role(&hub, user, &org, &MEMBERS).await?;
     let rows = sqlx::query("SELECT name FROM workspaces WHERE org_id = $1 ORDER BY name")
         .bind(&org)
         .fetch_all(&hub.db)
@@ -437,28 +473,9 @@ async fn set_member(
     let target_id: String = target.try_get("id")?;
     let mut w = hub.writer().await?;
     for ws in &req.workspaces {
-        let exists = sqlx::query("SELECT 1 AS x FROM workspaces WHERE org_id = $1 AND name = $2")
-            .bind(&org)
-            .bind(ws)
-            .fetch_optional(w.conn())
-            .await?
-            .is_some();
-        if !exists {
-            return Err(ApiError::not_found(format!(
-                "workspace {ws:?} of org {org:?}"
-            )));
-        }
+        require_workspace(w.conn(), &org, ws).await?;
     }
-    sqlx::query("DELETE FROM memberships WHERE org_id = $1 AND user_id = $2")
-        .bind(&org)
-        .bind(&target_id)
-        .execute(w.conn())
-        .await?;
-    sqlx::query("DELETE FROM workspace_members WHERE org_id = $1 AND user_id = $2")
-        .bind(&org)
-        .bind(&target_id)
-        .execute(w.conn())
-        .await?;
+    clear_membership(&mut w, &org, &target_id).await?;
     for role in &roles {
         sqlx::query("INSERT INTO memberships (org_id, user_id, role) VALUES ($1, $2, $3)")
             .bind(&org)
@@ -526,16 +543,7 @@ async fn remove_member(
         .ok_or_else(|| ApiError::not_found(format!("user {username:?}")))?;
     let target_id: String = target.try_get("id")?;
     let mut w = hub.writer().await?;
-    sqlx::query("DELETE FROM memberships WHERE org_id = $1 AND user_id = $2")
-        .bind(&org)
-        .bind(&target_id)
-        .execute(w.conn())
-        .await?;
-    sqlx::query("DELETE FROM workspace_members WHERE org_id = $1 AND user_id = $2")
-        .bind(&org)
-        .bind(&target_id)
-        .execute(w.conn())
-        .await?;
+    clear_membership(&mut w, &org, &target_id).await?;
     w.audit(
         AuditRecord::ok(caller.actor(), "member.remove")
             .org(&org)

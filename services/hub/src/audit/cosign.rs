@@ -18,12 +18,10 @@
 use base64ct::{Base64, Encoding};
 use coffer_kms::authz::CheckpointRequestClaims;
 use coffer_kms::checkpoint::{signer_key_name, COSIGN_PATH};
-use coffer_mesh::endpoint::{check_endpoint, request_attested};
-use coffer_mesh::{Simulation, Trust};
+use coffer_mesh::endpoint::request_attested;
 use coffer_tlog::merkle::consistency_proof;
 use coffer_tlog::note::{Note, TrustedKeys, VerifierKey};
 use coffer_tlog::Checkpoint;
-use coffer_types::Role;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
@@ -140,18 +138,12 @@ pub async fn cosign_latest(hub: &Hub, link: &KmsLink) -> Result<Cosigned, Cosign
         .map_err(|e| ApiError::internal("sign checkpoint request", e))?;
 
     // Attest the KMS, learn its audit signer from its evidence, then ask on that TLS key.
-    let simulation = if link.allow_simulation {
-        Simulation::DangerousAccept
-    } else {
-        Simulation::Refuse
-    };
     let not_attested = |reason: String| CosignError::NotAttested {
         url: link.endpoint.clone(),
         reason,
     };
-    let trust = Trust::from_manifest(&link.manifest, simulation)
-        .map_err(|e| not_attested(e.to_string()))?;
-    let check = check_endpoint(&link.endpoint, &trust, Some(Role::Kms))
+    let check = link
+        .attest()
         .await
         .map_err(|e| not_attested(e.to_string()))?;
     let expected_name = signer_key_name(&origin);

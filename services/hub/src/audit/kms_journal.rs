@@ -16,9 +16,7 @@
 use coffer_kms::api::journal::MAX_PAGE;
 use coffer_kms::api::AUDIT_EVENTS_PATH;
 use coffer_kms::authz::{AuditCollectClaims, AuditEvent, Outcome};
-use coffer_mesh::endpoint::{check_endpoint, request_attested};
-use coffer_mesh::{Simulation, Trust};
-use coffer_types::Role;
+use coffer_mesh::endpoint::request_attested;
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::Row;
@@ -108,14 +106,8 @@ impl Collector {
         let spki = match &self.attested_spki {
             Some(spki) => spki.clone(),
             None => {
-                let simulation = if link.allow_simulation {
-                    Simulation::DangerousAccept
-                } else {
-                    Simulation::Refuse
-                };
-                let trust = Trust::from_manifest(&link.manifest, simulation)
-                    .map_err(|e| not_attested(e.to_string()))?;
-                let check = check_endpoint(&link.endpoint, &trust, Some(Role::Kms))
+                let check = link
+                    .attest()
                     .await
                     .map_err(|e| not_attested(e.to_string()))?;
                 self.attested_spki = Some(check.tls_spki_sha256.clone());
@@ -287,6 +279,7 @@ pub fn spawn_collector(hub: std::sync::Arc<Hub>) {
 mod tests {
     use super::*;
     use coffer_kms::authz::Operation;
+    use coffer_types::Role;
 
     fn event(outcome: Outcome) -> AuditEvent {
         AuditEvent {
