@@ -59,6 +59,7 @@ bench: coffer
 	cargo run --locked --release -p coffer-bench --bin verify-bench
 	cargo run --locked --release -p coffer-bench --bin mesh-bench
 	cargo run --locked --release -p coffer-bench --bin kms-bench
+	cargo run --locked --release -p coffer-bench --bin witness-bench
 	cargo run --locked --release -p coffer-bench --bin hub-bench
 
 lint:

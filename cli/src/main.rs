@@ -183,6 +183,22 @@ struct RunArgs {
     /// there must find this image's measurement pinned for kms in the deployment.
     #[arg(long, value_name = "HOST:PORT", requires = "deployment")]
     kms_join: Option<String>,
+    /// kms image: a peer KMS that witnesses this one's state versions (rollback defence), by
+    /// the URL of its attestation endpoint as the VM sees it (https://10.0.2.2:PORT). Repeat
+    /// for each peer. Peers that join later are learnt as they witness each other.
+    #[arg(long = "kms-peer", value_name = "URL", requires = "deployment", value_parser = parse_witness_url)]
+    kms_peers: Vec<String>,
+}
+
+/// A witness URL: `https://HOST:PORT`, no path.
+fn parse_witness_url(url: &str) -> Result<String, String> {
+    if coffer_kms::rollback::quorum::valid_url(url) {
+        Ok(url.to_owned())
+    } else {
+        Err(format!(
+            "expected https://HOST:PORT (the peer's attestation endpoint as the VM sees it), got {url:?}"
+        ))
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -413,6 +429,7 @@ fn run_vm(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         },
         data_disk: args.data_disk,
         kms_join: args.kms_join,
+        kms_peers: args.kms_peers,
     };
     let vm = coffer_qemu::launch(&options)?;
     eprintln!(

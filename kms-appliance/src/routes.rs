@@ -10,6 +10,7 @@
 //! | `POST` | [`BACKUP_PATH`] | restoring: the backup to restore with the root key (before the last share) |
 //! | `POST` | [`COSIGN_PATH`] | serving: `{"token", "checkpoint", "proof"}` from the control plane; the co-signed note (see `KmsApi::cosign_checkpoint`) |
 //! | `POST` | [`AUDIT_EVENTS_PATH`] | serving: `{"token", "journal", "after", "limit"}` from the control plane; the audit journal after `after` (see `KmsApi::collect_audit`) |
+//! | `POST` | [`WITNESS_PATH`] | always: a peer KMS's `advance` or `query` of its state version, answered from this process's memory ([`coffer_kms::rollback::quorum`]) |
 //!
 //! While restoring, the node's endpoint claims (bound into each answer's evidence) name the
 //! session's recipient and the split it expects, so an officer checks, with `coffer recovery
@@ -34,6 +35,8 @@ pub use coffer_kms::checkpoint::COSIGN_PATH;
 pub use coffer_kms::recovery::endpoint::{
     BACKUP_PATH, COMMITMENT_CLAIM, KIT_PATH, RECIPIENT_CLAIM, SHARE_PATH, SPLIT_CLAIM, STATUS_PATH,
 };
+use coffer_kms::rollback::quorum::WitnessTable;
+pub use coffer_kms::rollback::quorum::WITNESS_PATH;
 
 /// What the recovery routes serve from.
 #[derive(Default)]
@@ -50,6 +53,8 @@ pub struct State {
     api: Option<Arc<KmsApi>>,
     /// The audit log's origin (the deployment's).
     origin: String,
+    /// What this process witnessed of its peers' state versions (memory only, on purpose).
+    pub witness: Arc<WitnessTable>,
 }
 
 /// What a completed restore yields.
@@ -192,10 +197,14 @@ pub fn extension(state: Shared) -> Extension {
                 }
                 (Method::POST, COSIGN_PATH) => Some(cosign(&state, &body).await),
                 (Method::POST, AUDIT_EVENTS_PATH) => Some(collect(&state, &body).await),
+                (Method::POST, WITNESS_PATH) => {
+                    let witness = state.lock().await.witness.clone();
+                    Some(witness.respond(&body))
+                }
                 (
                     _,
                     KIT_PATH | STATUS_PATH | SHARE_PATH | BACKUP_PATH | COSIGN_PATH
-                    | AUDIT_EVENTS_PATH,
+                    | AUDIT_EVENTS_PATH | WITNESS_PATH,
                 ) => Some(error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "method not allowed on this route".into(),

@@ -18,6 +18,13 @@
 //! commitment in the manifest). With recovery officers in the manifest, a KMS splits its root
 //! key once and publishes the kit there.
 //!
+//! The rollback anchor is the witness quorum ([`coffer_kms::rollback::quorum`]): peer KMSs named
+//! by the launcher's peer hint ([`coffer_types::PEER_HINT_OFFSET`], `coffer run --kms-peer`) or
+//! learnt from peers that ask this one to witness them. The state opens only if every witness it
+//! lists vouches for it; a survey every two seconds lists new witnesses, and stops this process
+//! if a witness shows it is behind or forked. This process is itself a witness of its peers, on
+//! its attestation endpoint.
+//!
 //! Fails (and, being critical, fail-stops the VM after its restarts) rather than serve from a
 //! state it cannot verify.
 
@@ -30,6 +37,8 @@ use coffer_appliance::mesh::ServeArgs;
 use coffer_evidence::EvidenceProvider;
 use coffer_kms::api::AuditJournal;
 use coffer_kms::api::REPLICA_SNAPSHOT_PATH;
+use coffer_kms::rollback::quorum::transport::EndpointTransport;
+use coffer_kms::rollback::quorum::{QuorumAnchor, QuorumHandle, WitnessTable};
 use coffer_kms::rollback::Unanchored;
 use coffer_kms::store::{Location, SealingKey, Store};
 use coffer_kms::{Authorizer, AuthzConfig, Kms, KmsApi, Snapshot};
@@ -92,11 +101,6 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
             "no data disk ({DATA_DISK_RUNTIME_PATH} is missing): the kms image keeps its state on one; `coffer run` attaches it"
         ));
     }
-    // SEV-SNP and sim give a guest no monotonic counter: rollback is defended there only once the
-    // replica quorum exists (see coffer_kms::rollback). Said loudly, every start.
-    tracing::warn!(
-        "rollback anchor: none on this platform; a host replaying an old copy of the data disk is not detected"
-    );
     let rt = coffer_appliance::mesh::runtime().map_err(|e| e.to_string())?;
     // The endpoint for people comes up first: while restoring, officers submit shares there.
     let recovery_state = crate::routes::Shared::default();
@@ -111,6 +115,27 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
             Some(crate::routes::extension(recovery_state.clone())),
         ));
     }
+    // SEV-SNP and sim give a guest no monotonic counter: the rollback anchor is the memory of
+    // peer KMS processes (coffer_kms::rollback::quorum), named by the launcher's peer hint and
+    // learnt from peers that ask this one to witness them.
+    let peer_hint = coffer_types::read_peer_hint(disk)
+        .map_err(|e| format!("{DATA_DISK_RUNTIME_PATH}: peer hint: {e}"))?
+        .unwrap_or_default();
+    let witness = rt.block_on(async { recovery_state.lock().await.witness.clone() });
+    let transport = EndpointTransport::new(node.trust().clone())
+        .map_err(|e| format!("rollback witnesses: {e}"))?;
+    let (anchor, quorum) = QuorumAnchor::new(
+        Arc::new(transport),
+        peer_hint.peers.clone(),
+        peer_hint.self_url.clone(),
+    )
+    .map_err(|e| e.to_string())?;
+    tracing::info!(
+        own = peer_hint.self_url.as_deref().unwrap_or("none"),
+        peers = %peer_hint.peers.join(","),
+        "rollback witnesses: peers to ask"
+    );
+    let anchor = Box::new(anchor);
     let location = Location::Disk(disk.to_owned());
     let hint = coffer_types::read_join_hint(disk)
         .map_err(|e| format!("{DATA_DISK_RUNTIME_PATH}: join hint: {e}"))?;
@@ -122,13 +147,8 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
     let mut kms = match (hint, restore) {
         (Some(address), _) if blank => {
             let snapshot = rt.block_on(fetch_snapshot(&node, &address))?;
-            let kms = Kms::join(
-                location,
-                sealing()?,
-                Box::new(Unanchored::accepting_rollback()),
-                &snapshot,
-            )
-            .map_err(|e| format!("joining {address}: {e}"))?;
+            let kms = Kms::join(location, sealing()?, anchor, &snapshot)
+                .map_err(|e| format!("joining {address}: {e}"))?;
             tracing::info!(
                 %address,
                 records = snapshot.records(),
@@ -149,7 +169,7 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
             let kms = Kms::restore(
                 location,
                 sealing()?,
-                Box::new(Unanchored::accepting_rollback()),
+                anchor,
                 &restored.root,
                 restored.backup.as_deref(),
             )
@@ -161,13 +181,23 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
             );
             kms
         }
-        _ => Kms::open(
-            location,
-            node.provider().as_ref(),
-            Box::new(Unanchored::accepting_rollback()),
-        )
-        .map_err(|e| format!("refusing to serve: {e}"))?,
+        _ => Kms::open(location, node.provider().as_ref(), anchor)
+            .map_err(|e| format!("refusing to serve: {e}"))?,
     };
+    // List the peers that answer now as this state's witnesses before serving anything.
+    match quorum.survey(&witness.reporters()) {
+        Ok(true) => {
+            kms.advance_state()
+                .map_err(|e| format!("rollback witnesses: {e}"))?;
+        }
+        Ok(false) => {}
+        Err(halt) => return Err(format!("refusing to serve: {halt}")),
+    }
+    if quorum.witnesses().is_empty() {
+        tracing::warn!(anchor = %kms.anchor(), "rollback anchor: no witness, a host replaying an old copy of the data disk is not detected");
+    } else {
+        tracing::info!(anchor = %kms.anchor(), instance = %quorum.instance(), "rollback anchor: witnessed");
+    }
     // Every way above opened the state as `Kms::open` does: every record checked.
     tracing::info!(
         state_version = kms.state_version(),
@@ -205,6 +235,7 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
     );
     tracing::info!(journal = journal.id(), "audit journal started");
     let api = Arc::new(KmsApi::with_journal(kms, authorizer, journal));
+    rt.spawn(survey_witnesses(quorum, witness, api.clone()));
     rt.block_on(crate::routes::serving(
         &recovery_state,
         kit_json,
@@ -218,6 +249,44 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
     })
     .map_err(|e| e.to_string())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often the running KMS asks its peers what they hold for it.
+const SURVEY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Every [`SURVEY_INTERVAL`]: asks the peers what they hold for this KMS; lists a changed set of
+/// witnesses in the state (an empty commit); stops the process when a witness shows this KMS is
+/// behind or forked (the init restarts it, and the open then refuses the state by name).
+async fn survey_witnesses(quorum: QuorumHandle, witness: Arc<WitnessTable>, api: Arc<KmsApi>) {
+    let mut tick = tokio::time::interval(SURVEY_INTERVAL);
+    loop {
+        tick.tick().await;
+        let (handle, reporters) = (quorum.clone(), witness.reporters());
+        match tokio::task::spawn_blocking(move || handle.survey(&reporters)).await {
+            Ok(Ok(false)) => {}
+            Ok(Ok(true)) => {
+                let mut kms = api.kms().clone().lock_owned().await;
+                let done = tokio::task::spawn_blocking(move || {
+                    kms.advance_state().map(|version| (version, kms.anchor()))
+                })
+                .await;
+                match done {
+                    Ok(Ok((version, anchor))) => {
+                        tracing::info!(state_version = version, %anchor, "rollback witnesses: new set listed");
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "rollback witnesses: cannot list the new set yet")
+                    }
+                    Err(e) => tracing::error!(error = %e, "rollback witnesses: task failed"),
+                }
+            }
+            Ok(Err(halt)) => {
+                tracing::error!(%halt, "rollback witnesses: this KMS must not serve; stopping");
+                std::process::exit(1);
+            }
+            Err(e) => tracing::error!(error = %e, "rollback witnesses: survey task failed"),
+        }
+    }
 }
 
 /// Whether the store at `location` holds nothing yet (a blank disk, or a join or restore that

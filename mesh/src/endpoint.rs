@@ -22,7 +22,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::binding::endpoint_report_data;
 use crate::tls;
-use crate::{MeshError, MeshNode, PeerIdentity, Trust};
+use crate::{Binding, MeshError, MeshNode, PeerIdentity, Trust};
 
 /// The endpoint's path.
 pub const ATTESTATION_PATH: &str = "/.well-known/coffer/attestation";
@@ -235,6 +235,17 @@ pub async fn check_endpoint(
     trust: &Trust,
     expect: Option<Role>,
 ) -> Result<EndpointCheck, MeshError> {
+    check_endpoint_bound(url, trust, expect, Binding::Deployment).await
+}
+
+/// As [`check_endpoint`], with the deployment binding chosen ([`Binding::AnyManifest`]: the
+/// same deployment id and pinned code, under any manifest of it).
+pub async fn check_endpoint_bound(
+    url: &str,
+    trust: &Trust,
+    expect: Option<Role>,
+    binding: Binding,
+) -> Result<EndpointCheck, MeshError> {
     let (addr, authority) = authority_of(url)?;
     let (tls_stream, spki) = connect_tls(&addr).await?;
     let mut nonce = [0u8; 32];
@@ -271,11 +282,12 @@ pub async fn check_endpoint(
         });
     }
     let now = Timestamp::now().map_err(|e| MeshError::Protocol(e.to_string()))?;
-    let peer = trust.verify(
+    let peer = trust.verify_bound(
         answer.role,
         &answer.evidence,
         endpoint_report_data(&nonce, &spki, &answer.claims),
         now,
+        binding,
     )?;
     Ok(EndpointCheck {
         peer,

@@ -31,7 +31,7 @@ mod trust;
 pub use error::MeshError;
 pub use handshake::{AttestedStream, MeshNode};
 pub use session::Session;
-pub use trust::{PeerIdentity, Pins, Simulation, Trust};
+pub use trust::{Binding, PeerIdentity, Pins, Simulation, Trust};
 
 pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;

@@ -232,6 +232,21 @@ impl Trust {
         report_data: [u8; 64],
         now: Timestamp,
     ) -> Result<PeerIdentity, MeshError> {
+        self.verify_bound(role, evidence, report_data, now, Binding::Deployment)
+    }
+
+    /// As [`Trust::verify`], with the deployment binding chosen: [`Binding::AnyManifest`] leaves
+    /// HOST_DATA (on Azure, the deployment PCR) unchecked, for the one caller that needs only
+    /// *genuine, pinned code* whatever manifest it runs under (the KMS's rollback witnesses, see
+    /// `coffer_kms::rollback::quorum`).
+    pub fn verify_bound(
+        &self,
+        role: Role,
+        evidence: &Evidence,
+        report_data: [u8; 64],
+        now: Timestamp,
+        binding: Binding,
+    ) -> Result<PeerIdentity, MeshError> {
         let (report, vek, ask, ark) = match evidence {
             Evidence::Snp {
                 report,
@@ -240,7 +255,7 @@ impl Trust {
                 ark,
             } => (report, vek, ask, ark),
             Evidence::AzureVtpm { document } => {
-                return self.verify_azure(role, document, report_data, now)
+                return self.verify_azure(role, document, report_data, now, binding)
             }
         };
         if self.deployment.platform == Platform::Azure {
@@ -254,10 +269,14 @@ impl Trust {
                 expected: "an SNP report and DER certificates".into(),
                 got: e.to_string(),
             })?;
+        let mut policy = self.policy(role, report_data);
+        if binding == Binding::AnyManifest {
+            policy.host_data = None;
+        }
         let verdict = coffer_verify::verify_with_cache(
             &parsed,
             &self.roots,
-            &self.policy(role, report_data),
+            &policy,
             now,
             Some(&self.collateral),
         );
@@ -286,6 +305,7 @@ impl Trust {
         document: &[u8],
         report_data: [u8; 64],
         now: Timestamp,
+        binding: Binding,
     ) -> Result<PeerIdentity, MeshError> {
         if self.deployment.platform != Platform::Azure {
             return Err(MeshError::UnsupportedEvidence(format!(
@@ -332,7 +352,7 @@ impl Trust {
             return Err(name_failure(&verdict, role, &self.pins()));
         }
 
-        let pins = self.pcr_pins(role)?;
+        let pins = self.pcr_pins(role, binding)?;
         let vtpm = verify_azure_vtpm(&hcl, &evidence.quote, &report_data, &pins);
         if let Some(failure) = vtpm.failures().next() {
             let (expected, got) = match &failure.outcome {
@@ -365,15 +385,18 @@ impl Trust {
         })
     }
 
-    /// The role's PCR pins plus the deployment PCR.
-    fn pcr_pins(&self, role: Role) -> Result<PcrPins, MeshError> {
+    /// The role's PCR pins plus, when bound to the deployment, the deployment PCR.
+    fn pcr_pins(&self, role: Role, binding: Binding) -> Result<PcrPins, MeshError> {
         let manifest = |e: &dyn std::fmt::Display| MeshError::Manifest(e.to_string());
-        let mut pins = PcrPins::new()
-            .pin(
-                DEPLOYMENT_PCR,
-                [coffer_vtpm::predict::extended_from_reset(&self.digest)],
-            )
-            .map_err(|e| manifest(&e))?;
+        let mut pins = PcrPins::new();
+        if binding == Binding::Deployment {
+            pins = pins
+                .pin(
+                    DEPLOYMENT_PCR,
+                    [coffer_vtpm::predict::extended_from_reset(&self.digest)],
+                )
+                .map_err(|e| manifest(&e))?;
+        }
         if let Some(role_pins) = self.deployment.roles.get(&role) {
             for (index, value) in &role_pins.pcrs {
                 let index = u8::try_from(*index).map_err(|e| manifest(&e))?;
@@ -387,6 +410,18 @@ impl Trust {
         }
         Ok(pins)
     }
+}
+
+/// What a peer's evidence must be bound to besides its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// This deployment: HOST_DATA (on Azure, the deployment PCR) is this manifest's digest.
+    /// Everything in the mesh.
+    Deployment,
+    /// Genuine code pinned for the role, under *any* manifest (HOST_DATA unchecked): the same
+    /// image running under an older or newer manifest of the deployment. Only for exchanges
+    /// whose safety rests on the peer's code alone, never to hand over a secret.
+    AnyManifest,
 }
 
 /// The one error that names a rejected verdict best.

@@ -56,6 +56,11 @@ pub struct LaunchOptions {
     /// the next image version) instead of starting a new root key. Written to the disk as a
     /// hint ([`coffer_types::JOIN_HINT_OFFSET`]).
     pub kms_join: Option<String>,
+    /// For a kms image: the witness URLs (`https://HOST:PORT` of their attestation endpoints,
+    /// as the VM sees them) of peer KMSs that witness its state versions, its rollback
+    /// defence. Written to the disk at every start with the VM's own witness URL (its `attest`
+    /// port on the host) as a hint ([`coffer_types::PEER_HINT_OFFSET`]).
+    pub kms_peers: Vec<String>,
 }
 
 /// Boots the image in the background (QEMU daemonizes once its devices are set up, so
@@ -158,9 +163,11 @@ pub fn launch(options: &LaunchOptions) -> Result<VmRecord, LaunchError> {
         };
         args.extend(deploy::qemu_args(&disk, sim_socket));
     }
-    if options.kms_join.is_some() && manifest.data_disk_mib.is_none() {
+    if (options.kms_join.is_some() || !options.kms_peers.is_empty())
+        && manifest.data_disk_mib.is_none()
+    {
         return Err(LaunchError::Qemu(format!(
-            "--kms-join: the {} image keeps no state to join",
+            "--kms-join/--kms-peer: the {} image keeps no KMS state",
             manifest.role
         )));
     }
@@ -172,6 +179,20 @@ pub fn launch(options: &LaunchOptions) -> Result<VmRecord, LaunchError> {
         prepare_data_disk(&disk, mib)?;
         if let Some(address) = &options.kms_join {
             write_join_hint(&disk, address)?;
+        }
+        // The VM's own witness URL: its attestation endpoint as other VMs reach it (QEMU user
+        // networking: the host's forwarded port at 10.0.2.2).
+        let self_url = record
+            .forwards
+            .iter()
+            .find(|f| f.name == "attest")
+            .map(|f| format!("https://10.0.2.2:{}", f.host));
+        if self_url.is_some() || !options.kms_peers.is_empty() {
+            let hint = coffer_types::PeerHint {
+                self_url,
+                peers: options.kms_peers.clone(),
+            };
+            coffer_types::write_peer_hint(&disk, &hint).map_err(|e| LaunchError::io(&disk, e))?;
         }
         args.extend(data_disk_args(&disk));
     }

@@ -145,17 +145,7 @@ impl Vm {
         name: &str,
         extra: &[&str],
     ) -> Vm {
-        let mut args = vec![
-            "--state-dir",
-            state.path().to_str().unwrap(),
-            "run",
-            image.to_str().unwrap(),
-            "--detach",
-            "--name",
-            name,
-        ];
-        args.extend_from_slice(extra);
-        let outcome = run(&args);
+        let outcome = Vm::run_detached(state.path(), image, name, extra);
         assert_eq!(outcome.code, 0, "coffer run failed: {outcome:?}");
         assert!(
             outcome.stdout.contains("healthy: http://127.0.0.1:"),
@@ -163,6 +153,22 @@ impl Vm {
         );
         let record = coffer_qemu::state::load(state.path(), name).expect("VM record");
         Vm { record, state }
+    }
+
+    /// `coffer run IMAGE --detach --name NAME EXTRA...` under `state`, whatever its outcome (for
+    /// a VM that is expected not to become healthy).
+    pub fn run_detached(state: &Path, image: &Path, name: &str, extra: &[&str]) -> Outcome {
+        let mut args = vec![
+            "--state-dir",
+            state.to_str().unwrap(),
+            "run",
+            image.to_str().unwrap(),
+            "--detach",
+            "--name",
+            name,
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
     }
 
     /// `coffer stop NAME`.

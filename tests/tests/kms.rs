@@ -214,7 +214,7 @@ fn the_kms_vm_serves_keys_over_the_mesh_and_keeps_every_acknowledged_key_across_
         "{serial}"
     );
     assert!(
-        serial.contains("rollback anchor: none on this platform"),
+        serial.contains("rollback anchor: no witness, a host replaying an old copy of the data disk is not detected"),
         "{serial}"
     );
     let data_disk = coffer_qemu::state::data_disk(state.path(), &name);
@@ -395,6 +395,161 @@ async fn unwrap_at(node: &MeshNode, mesh: u16, analyst: &str, key: &Value) -> St
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["plaintext"].as_str().unwrap().to_owned()
+}
+
+/// A new data key of the org `acme` (whose key exists) at the KMS on `mesh`.
+async fn data_key(node: &MeshNode, mesh: u16, analyst: &str) -> Value {
+    let mut client = connect(node, mesh).await;
+    let (status, body) = call(
+        &mut client,
+        "POST",
+        "/v1/orgs/acme/data-keys",
+        analyst,
+        json!({"workspace": "w1"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body
+}
+
+/// The rollback defence of SEV-SNP and sim with real VMs: a replica witnesses the primary's
+/// state versions in its memory; the primary's data disk put back to an older copy is refused
+/// at start, naming the witness and both versions; the newest copy opens and serves.
+#[test]
+fn a_kms_whose_disk_is_put_back_to_an_older_copy_is_refused_by_its_witness() {
+    let images = tempfile::tempdir().unwrap();
+    let image = images.path().join("kms");
+    build_image(Role::Kms, &image, None);
+    let state = Arc::new(tempfile::tempdir().unwrap());
+    let (a_mesh, a_attest, b_mesh, b_attest) = (free_port(), free_port(), free_port(), free_port());
+    let issuer = Issuer::generate();
+    let manifest = deployment(
+        state.path(),
+        "quorum.json",
+        "vm-kms-quorum",
+        a_mesh,
+        &issuer,
+    );
+    let manifest_bytes = std::fs::read(&manifest).unwrap();
+    let manifest = manifest.to_str().unwrap();
+    let node = client_node(state.path(), &manifest_bytes);
+    let admin = issuer.identity("admin@acme", "acme", &["admin"]);
+    let analyst = issuer.identity("ana@acme", "acme", &["analyst"]);
+    let rt = runtime();
+    let a_url = format!("https://10.0.2.2:{a_attest}");
+    let b_url = format!("https://10.0.2.2:{b_attest}");
+    let a_ports = format!("attest={a_attest}");
+    let a_args = ["--port", a_ports.as_str(), "--kms-peer", b_url.as_str()];
+
+    let a_name = unique("kms-witnessed");
+    let a = start_kms_with(&state, &image, &a_name, manifest, a_mesh, &a_args);
+    assert!(
+        a.serial().contains("rollback anchor: no witness"),
+        "{}",
+        a.serial()
+    );
+    let first = rt.block_on(create_key(&node, a_mesh, &admin, &analyst));
+
+    // The replica joins and names the primary as its witness; the primary learns it from the
+    // replica's own advance and lists it in turn.
+    let join = format!("10.0.2.2:{a_mesh}");
+    let b_ports = format!("attest={b_attest}");
+    let b = start_kms_with(
+        &state,
+        &image,
+        &unique("kms-witness"),
+        manifest,
+        b_mesh,
+        &[
+            "--kms-join",
+            &join,
+            "--port",
+            &b_ports,
+            "--kms-peer",
+            &a_url,
+        ],
+    );
+    assert!(
+        b.wait_for_log("rollback anchor: witnessed", Duration::from_secs(30)),
+        "{}",
+        b.serial()
+    );
+    assert!(
+        a.wait_for_log(
+            "rollback witnesses: new set listed",
+            Duration::from_secs(60)
+        ),
+        "{}",
+        a.serial()
+    );
+    let second = rt.block_on(data_key(&node, a_mesh, &analyst));
+
+    // The host keeps a copy of the primary's disk, lets it run on and write more, ...
+    let disk = coffer_qemu::state::data_disk(state.path(), &a_name);
+    let aside = state.path().join("aside.img");
+    let newest = state.path().join("newest.img");
+    assert_eq!(a.stop().code, 0);
+    std::fs::copy(&disk, &aside).unwrap();
+    let a = start_kms_with(&state, &image, &a_name, manifest, a_mesh, &a_args);
+    let third = rt.block_on(data_key(&node, a_mesh, &analyst));
+    assert_eq!(a.stop().code, 0);
+    std::fs::copy(&disk, &newest).unwrap();
+
+    // ... then puts the older copy back: the witness saw a newer version, so it is refused.
+    std::fs::copy(&aside, &disk).unwrap();
+    let outcome = Vm::run_detached(
+        state.path(),
+        &image,
+        &a_name,
+        &[
+            "--deployment",
+            manifest,
+            "--port",
+            &format!("mesh={a_mesh}"),
+            "--port",
+            &a_ports,
+            "--kms-peer",
+            &b_url,
+        ],
+    );
+    let serial_log = coffer_qemu::state::vm_dir(state.path(), &a_name).join("serial.log");
+    let serial =
+        || String::from_utf8_lossy(&std::fs::read(&serial_log).unwrap_or_default()).into_owned();
+    let started = std::time::Instant::now();
+    while !serial().contains("refusing to serve") && started.elapsed() < Duration::from_secs(90) {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let log = serial();
+    assert!(
+        log.contains("was rolled back: state version")
+            && log.contains(&format!("witness {b_url}"))
+            && !log.contains("kms state opened and verified"),
+        "{outcome:?}\n{log}"
+    );
+    if let Some(record) = coffer_qemu::state::load(state.path(), &a_name) {
+        if record.is_running() {
+            let _ = kill(Pid::from_raw(record.pid), Signal::SIGKILL);
+        }
+    }
+
+    // The newest copy opens, and every key it acknowledged unwraps; the replica still serves
+    // the key it received.
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::copy(&newest, &disk).unwrap();
+    let a = start_kms_with(&state, &image, &a_name, manifest, a_mesh, &a_args);
+    for key in [&second, &third] {
+        assert_eq!(
+            rt.block_on(unwrap_at(&node, a_mesh, &analyst, key)),
+            key["plaintext"].as_str().unwrap()
+        );
+    }
+    assert_eq!(
+        rt.block_on(unwrap_at(&node, b_mesh, &analyst, &first)),
+        first["plaintext"].as_str().unwrap()
+    );
+    for vm in [&a, &b] {
+        assert_eq!(vm.stop().code, 0);
+    }
 }
 
 /// Replica join, a refused join by an image that is not pinned, and an image upgrade, each with

@@ -198,57 +198,141 @@ pub const MAX_JOIN_HINT: usize = 255;
 
 /// Writes a join hint for `address` into the data disk `disk` (see [`JOIN_HINT_OFFSET`]).
 pub fn write_join_hint(disk: &std::path::Path, address: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let len = u16::try_from(address.len())
-        .ok()
-        .filter(|&n| usize::from(n) <= MAX_JOIN_HINT && n > 0)
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "join address of {} bytes (1..={MAX_JOIN_HINT})",
-                    address.len()
-                ),
-            )
-        })?;
-    let mut hint = JOIN_HINT_MAGIC.to_vec();
-    hint.extend_from_slice(&len.to_le_bytes());
-    hint.extend_from_slice(address.as_bytes());
-    let file = std::fs::OpenOptions::new().write(true).open(disk)?;
-    file.write_all_at(&hint, JOIN_HINT_OFFSET)?;
-    file.sync_all()
+    write_hint(
+        disk,
+        JOIN_HINT_OFFSET,
+        JOIN_HINT_MAGIC,
+        address.as_bytes(),
+        MAX_JOIN_HINT,
+        "join address",
+    )
 }
 
 /// Reads the join hint of the data disk `disk`, if it has one.
 pub fn read_join_hint(disk: &std::path::Path) -> std::io::Result<Option<String>> {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::File::open(disk)?;
-    let mut raw = [0u8; 10 + MAX_JOIN_HINT];
-    file.read_exact_at(&mut raw, JOIN_HINT_OFFSET)?;
+    let raw = read_hint_bytes(disk, JOIN_HINT_OFFSET, MAX_JOIN_HINT)?;
     parse_join_hint(&raw)
 }
 
 /// The join hint in `raw`, the bytes of a data disk from [`JOIN_HINT_OFFSET`] on (host-written:
 /// anything is possible).
 pub fn parse_join_hint(raw: &[u8]) -> std::io::Result<Option<String>> {
-    if raw.get(..8) != Some(JOIN_HINT_MAGIC.as_slice()) {
+    parse_hint(raw, JOIN_HINT_MAGIC, MAX_JOIN_HINT, "join hint")?
+        .map(|bytes| {
+            String::from_utf8(bytes.to_vec()).map_err(|_| invalid_data("join hint is not UTF-8"))
+        })
+        .transpose()
+}
+
+/// Where a launcher leaves the **peer hint** on a KMS data disk, at every start: the KMS's own
+/// witness URL and those of its peers ([`PeerHint`], JSON), which the KMS's rollback witnesses
+/// use. Bytes `1024..` of the disk: [`PEER_HINT_MAGIC`], a u16 little-endian length, the JSON.
+/// Untrusted (the host wrote it): a witness is named by its attested process, not its URL, so a
+/// false hint can only keep a KMS from proving its state fresh, never make it accept an old one.
+pub const PEER_HINT_OFFSET: u64 = 1024;
+/// Magic of the peer hint.
+pub const PEER_HINT_MAGIC: &[u8; 8] = b"COFPEER1";
+/// The longest peer hint.
+pub const MAX_PEER_HINT: usize = 2048;
+
+/// The peer hint's content.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerHint {
+    /// This KMS's own witness URL as its peers reach it (`https://HOST:PORT`).
+    #[serde(default, rename = "self", skip_serializing_if = "Option::is_none")]
+    pub self_url: Option<String>,
+    /// The witness URLs of its peers.
+    #[serde(default)]
+    pub peers: Vec<String>,
+}
+
+/// Writes `hint` into the data disk `disk` (see [`PEER_HINT_OFFSET`]), replacing any before.
+pub fn write_peer_hint(disk: &std::path::Path, hint: &PeerHint) -> std::io::Result<()> {
+    let json = serde_json::to_vec(hint).map_err(std::io::Error::other)?;
+    write_hint(
+        disk,
+        PEER_HINT_OFFSET,
+        PEER_HINT_MAGIC,
+        &json,
+        MAX_PEER_HINT,
+        "peer hint",
+    )
+}
+
+/// Reads the peer hint of the data disk `disk`, if it has one.
+pub fn read_peer_hint(disk: &std::path::Path) -> std::io::Result<Option<PeerHint>> {
+    let raw = read_hint_bytes(disk, PEER_HINT_OFFSET, MAX_PEER_HINT)?;
+    parse_peer_hint(&raw)
+}
+
+/// The peer hint in `raw`, the bytes of a data disk from [`PEER_HINT_OFFSET`] on.
+pub fn parse_peer_hint(raw: &[u8]) -> std::io::Result<Option<PeerHint>> {
+    parse_hint(raw, PEER_HINT_MAGIC, MAX_PEER_HINT, "peer hint")?
+        .map(|bytes| {
+            serde_json::from_slice(bytes).map_err(|e| invalid_data(&format!("peer hint: {e}")))
+        })
+        .transpose()
+}
+
+fn invalid_data(reason: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, reason.to_owned())
+}
+
+/// Writes `magic ‖ u16 LE length ‖ payload` at `offset` of `disk` and syncs it.
+fn write_hint(
+    disk: &std::path::Path,
+    offset: u64,
+    magic: &[u8; 8],
+    payload: &[u8],
+    max: usize,
+    what: &str,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = u16::try_from(payload.len())
+        .ok()
+        .filter(|&n| usize::from(n) <= max && n > 0)
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{what} of {} bytes (1..={max})", payload.len()),
+            )
+        })?;
+    let mut hint = magic.to_vec();
+    hint.extend_from_slice(&len.to_le_bytes());
+    hint.extend_from_slice(payload);
+    let file = std::fs::OpenOptions::new().write(true).open(disk)?;
+    file.write_all_at(&hint, offset)?;
+    file.sync_all()
+}
+
+fn read_hint_bytes(disk: &std::path::Path, offset: u64, max: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(disk)?;
+    let mut raw = vec![0u8; 10 + max];
+    file.read_exact_at(&mut raw, offset)?;
+    Ok(raw)
+}
+
+/// The payload of a hint in `raw` (`None` without the magic); refuses a length outside
+/// `1..=max` or past the end.
+fn parse_hint<'a>(
+    raw: &'a [u8],
+    magic: &[u8; 8],
+    max: usize,
+    what: &str,
+) -> std::io::Result<Option<&'a [u8]>> {
+    if raw.get(..8) != Some(magic.as_slice()) {
         return Ok(None);
     }
-    let invalid = |reason: String| std::io::Error::new(std::io::ErrorKind::InvalidData, reason);
     let len = match raw.get(8..10) {
         Some(&[a, b]) => usize::from(u16::from_le_bytes([a, b])),
-        _ => return Err(invalid("join hint cut short".into())),
+        _ => return Err(invalid_data(&format!("{what} cut short"))),
     };
-    let address = raw
-        .get(10..10 + len)
-        .filter(|_| len > 0 && len <= MAX_JOIN_HINT)
-        .and_then(|a| std::str::from_utf8(a).ok())
-        .ok_or_else(|| {
-            invalid(format!(
-                "join hint of length {len} is not 1..={MAX_JOIN_HINT} bytes of UTF-8"
-            ))
-        })?;
-    Ok(Some(address.to_owned()))
+    raw.get(10..10 + len)
+        .filter(|_| len > 0 && len <= max)
+        .map(Some)
+        .ok_or_else(|| invalid_data(&format!("{what} of length {len} is not 1..={max} bytes")))
 }
 
 /// Where the init links the data disk's device inside a running appliance.
@@ -388,6 +472,31 @@ mod tests {
         raw[8..10].copy_from_slice(&2u16.to_le_bytes());
         raw[10] = 0xff;
         assert!(parse_join_hint(&raw).is_err(), "not UTF-8");
+    }
+
+    #[test]
+    fn a_peer_hint_sits_beside_the_join_hint_and_bad_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk.img");
+        std::fs::File::create(&disk).unwrap().set_len(8192).unwrap();
+        assert_eq!(read_peer_hint(&disk).unwrap(), None);
+        write_join_hint(&disk, "10.0.2.2:7000").unwrap();
+        let hint = PeerHint {
+            self_url: Some("https://10.0.2.2:8443".into()),
+            peers: vec!["https://10.0.2.2:8444".into()],
+        };
+        write_peer_hint(&disk, &hint).unwrap();
+        assert_eq!(read_peer_hint(&disk).unwrap(), Some(hint));
+        assert_eq!(
+            read_join_hint(&disk).unwrap().as_deref(),
+            Some("10.0.2.2:7000"),
+            "the two hints do not overlap"
+        );
+        let mut raw = PEER_HINT_MAGIC.to_vec();
+        raw.extend_from_slice(&5u16.to_le_bytes());
+        raw.extend_from_slice(b"{\"x\":1");
+        let err = parse_peer_hint(&raw).unwrap_err().to_string();
+        assert!(err.starts_with("peer hint:"), "{err}");
     }
 
     #[test]

@@ -124,6 +124,7 @@ fn launch(image: &Path, state: &Path, name: &str) -> anyhow::Result<(VmRecord, I
         deployment: None,
         data_disk: None,
         kms_join: None,
+        kms_peers: Vec::new(),
     })?;
     Ok((vm, started))
 }

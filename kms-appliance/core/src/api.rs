@@ -6,10 +6,11 @@
 //! |---|---|---|---|
 //! | `POST` | `/v1/orgs/{org}/keys` | none or `{}` | 201 [`OrgKeyInfo`] |
 //! | `POST` | `/v1/orgs/{org}/keys/rotate` | none or `{}` | 200 [`OrgKeyInfo`] |
+//! | `POST` | `/v1/orgs/{org}/keys/rewrap` | none or `{"limit": 1..=10000}` (default 1000) | 200 [`Rewrap`](crate::Rewrap): the KMS's data-key records moved to the current KEK version in bulk; call again while `remaining` > 0 |
 //! | `DELETE` | `/v1/orgs/{org}/keys` | none or `{}` | 200 [`OrgKeyInfo`] (destroyed: crypto-shredding) |
 //! | `GET` | `/v1/orgs/{org}/keys` | none | 200 `{"org": OrgKeyInfo, "data_keys": [{key_id, kek_version, created_at}]}` |
 //! | `POST` | `/v1/orgs/{org}/data-keys` | `{"workspace": "..."}` | 201 `{"key_id", "plaintext", "wrapped"}` |
-//! | `POST` | `/v1/orgs/{org}/data-keys/{key_id}/unwrap` | `{"wrapped": WrappedDataKey}` | 200 `{"key_id", "plaintext"}` |
+//! | `POST` | `/v1/orgs/{org}/data-keys/{key_id}/unwrap` | `{"wrapped": WrappedDataKey}` | 200 `{"key_id", "plaintext", "rewrapped"?}`: `rewrapped` when `wrapped` is under an older KEK version (lazy re-wrap: the caller keeps it instead) |
 //! | `POST` | `/v1/replica/snapshot` | none | 200 [`Snapshot`](crate::Snapshot): root key and state, to an attested, pinned **kms** peer only (a joining replica or upgraded image) |
 //! | `GET` | `/v1/peer` | none | 200 `{"peer_role", "peer_measurement"}`: the caller as attested (no credential, nothing released) |
 //!
@@ -186,6 +187,15 @@ fn kms_error(error: KmsError) -> ApiError {
         KmsError::Key(KeyError::Unwrap { .. } | KeyError::WrongKek { .. }) => {
             ApiError::field("wrapped_key_invalid", "wrapped", message)
         }
+        KmsError::Store(crate::store::StoreError::NotAnchored { .. }) => {
+            // Written, not witnessed: the caller may retry; nothing was released.
+            tracing::error!(error = %message, "kms write not acknowledged");
+            ApiError::new(
+                S::SERVICE_UNAVAILABLE,
+                "not_witnessed",
+                "the write reached this KMS's disk but its rollback witnesses did not record it, so it is not acknowledged; retry later",
+            )
+        }
         KmsError::Store(_) => {
             tracing::error!(error = %message, "kms store failure");
             ApiError::internal("store_error")
@@ -229,6 +239,7 @@ fn plaintext_response(
     status: StatusCode,
     key: &DataKey,
     wrapped: Option<&WrappedDataKey>,
+    rewrapped: Option<&WrappedDataKey>,
 ) -> Result<Response<Body>, ApiError> {
     #[derive(Serialize)]
     struct WithPlaintext<'a> {
@@ -236,6 +247,10 @@ fn plaintext_response(
         plaintext: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         wrapped: Option<&'a WrappedDataKey>,
+        /// On unwrap of a key under an older KEK version: the same key under the current one,
+        /// to keep instead.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rewrapped: Option<&'a WrappedDataKey>,
     }
     let mut b64 = Zeroizing::new([0u8; PLAINTEXT_B64_LEN]);
     let plaintext = Base64::encode(key.expose_secret(), b64.as_mut_slice())
@@ -248,16 +263,23 @@ fn plaintext_response(
             key_id: key.id(),
             plaintext,
             wrapped,
+            rewrapped,
         },
     )
     .map_err(|_| ApiError::internal("encode_error"))?;
     Ok(secret_response(status, body))
 }
 
+/// How many data-key records one `POST .../keys/rewrap` re-wraps by default, and at most (one
+/// commit each: bounded time with the KMS held, bounded transaction size).
+const DEFAULT_REWRAP_LIMIT: usize = 1000;
+const MAX_REWRAP_LIMIT: usize = 10_000;
+
 /// What the route asks for, parsed and checked, before the decision.
 enum Call {
     Create(OrgId),
     Rotate(OrgId),
+    Rewrap { org: OrgId, limit: usize },
     Destroy(OrgId),
     List(OrgId),
     Generate { org: OrgId, workspace: String },
@@ -269,6 +291,7 @@ impl Call {
         match self {
             Self::Create(org) => AuthzRequest::CreateOrgKey { org: org.clone() },
             Self::Rotate(org) => AuthzRequest::RotateOrgKey { org: org.clone() },
+            Self::Rewrap { org, .. } => AuthzRequest::RewrapDataKeys { org: org.clone() },
             Self::Destroy(org) => AuthzRequest::DestroyOrgKey { org: org.clone() },
             Self::List(org) => AuthzRequest::ListKeyMetadata { org: org.clone() },
             Self::Generate { org, workspace } => AuthzRequest::GenerateDataKey {
@@ -287,6 +310,7 @@ impl Call {
 enum Route {
     Keys,
     Rotate,
+    Rewrap,
     DataKeys,
     Unwrap(String),
 }
@@ -297,6 +321,7 @@ fn route(path: &str) -> Option<(String, Route)> {
     let route = match parts.as_slice() {
         [_, "keys"] => Route::Keys,
         [_, "keys", "rotate"] => Route::Rotate,
+        [_, "keys", "rewrap"] => Route::Rewrap,
         [_, "data-keys"] => Route::DataKeys,
         [_, "data-keys", key_id, "unwrap"] => Route::Unwrap((*key_id).to_owned()),
         _ => return None,
@@ -626,7 +651,8 @@ impl KmsApi {
         // The method first, so a wrong one does not read the body.
         match (&route, method) {
             (Route::Keys, &Method::GET | &Method::POST | &Method::DELETE)
-            | (Route::Rotate | Route::DataKeys | Route::Unwrap(_), &Method::POST) => {}
+            | (Route::Rotate | Route::Rewrap | Route::DataKeys | Route::Unwrap(_), &Method::POST) =>
+                {}
             _ => return Err(wrong_method()),
         }
         let org =
@@ -660,6 +686,31 @@ impl KmsApi {
             Route::Rotate => {
                 body_object(&body, &[])?;
                 Call::Rotate(org)
+            }
+            Route::Rewrap => {
+                let object = body_object(&body, &["limit"])?;
+                let limit = match object.get("limit") {
+                    None => DEFAULT_REWRAP_LIMIT,
+                    Some(Value::Number(n)) => n
+                        .as_u64()
+                        .and_then(|n| usize::try_from(n).ok())
+                        .filter(|n| (1..=MAX_REWRAP_LIMIT).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::field(
+                                "invalid_limit",
+                                "limit",
+                                format!("limit: expected 1..={MAX_REWRAP_LIMIT}, got {n}"),
+                            )
+                        })?,
+                    Some(other) => {
+                        return Err(ApiError::field(
+                            "invalid_limit",
+                            "limit",
+                            format!("limit: expected a number, got {other}"),
+                        ))
+                    }
+                };
+                Call::Rewrap { org, limit }
             }
             Route::DataKeys => {
                 let object = body_object(&body, &["workspace"])?;
@@ -718,11 +769,11 @@ impl KmsApi {
     async fn execute(&self, call: Call) -> Result<Response<Body>, ApiError> {
         match call {
             Call::Unwrap(wrapped) => {
-                let key = {
+                let (key, rewrapped) = {
                     let kms = self.kms.lock().await;
-                    kms.unwrap_data_key(&wrapped).map_err(kms_error)?
+                    kms.unwrap_and_rewrap(&wrapped).map_err(kms_error)?
                 };
-                plaintext_response(StatusCode::OK, &key, None)
+                plaintext_response(StatusCode::OK, &key, None, rewrapped.as_ref())
             }
             Call::List(org) => {
                 #[derive(Serialize)]
@@ -777,6 +828,12 @@ impl KmsApi {
                     .await?;
                 json_value(StatusCode::OK, &info)
             }
+            Call::Rewrap { org, limit } => {
+                let outcome = self
+                    .write(move |kms| kms.rewrap_data_keys(&org, limit))
+                    .await?;
+                json_value(StatusCode::OK, &outcome)
+            }
             Call::Destroy(org) => {
                 let info = self
                     .write(move |kms| {
@@ -788,7 +845,7 @@ impl KmsApi {
             }
             Call::Generate { org, .. } => {
                 let (key, wrapped) = self.write(move |kms| kms.generate_data_key(&org)).await?;
-                plaintext_response(StatusCode::CREATED, &key, Some(&wrapped))
+                plaintext_response(StatusCode::CREATED, &key, Some(&wrapped), None)
             }
         }
     }

@@ -408,6 +408,7 @@ fn user_may(request: &Request, claims: &IdentityClaims) -> Result<(), Denial> {
     let needed: &[OrgRole] = match request {
         Request::CreateOrgKey { .. }
         | Request::RotateOrgKey { .. }
+        | Request::RewrapDataKeys { .. }
         | Request::DestroyOrgKey { .. } => &[Owner, Admin],
         Request::ListKeyMetadata { .. } => &[Owner, Admin, Auditor],
         Request::GenerateDataKey { workspace, .. } => {

@@ -127,6 +127,19 @@ pub struct OrgKeyInfo {
     pub destroyed_at: Option<u64>,
 }
 
+/// What one [`Kms::rewrap_data_keys`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rewrap {
+    /// The org's current KEK version, which the keys now use.
+    pub current_version: u32,
+    /// Data-key records re-wrapped by this call.
+    pub rewrapped: usize,
+    /// Records still under a previous version (beyond the call's limit): call again.
+    pub remaining: usize,
+    /// Records under a retired version: their KEK is gone, they cannot be re-wrapped.
+    pub unrecoverable: usize,
+}
+
 /// A data key's metadata, as listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -255,6 +268,18 @@ impl Kms {
         self.store.version()
     }
 
+    /// Commits a new state version that changes no record, so that the rollback anchor can
+    /// seal what it keeps in the state (the quorum anchor: a new witness set, see
+    /// [`crate::rollback::quorum::QuorumHandle::survey`]). Returns the new version.
+    pub fn advance_state(&mut self) -> Result<u64, KmsError> {
+        Ok(self.store.commit(Batch::new())?)
+    }
+
+    /// The rollback anchor, as it describes itself (which witnesses, what they hold).
+    pub fn anchor(&self) -> String {
+        self.store.anchor()
+    }
+
     /// Re-checks the store: every record opens and the set is the one committed.
     pub fn verify(&self) -> Result<Verified, KmsError> {
         Ok(self.store.verify()?)
@@ -353,12 +378,15 @@ impl Kms {
     ) -> Result<(), KmsError> {
         let record = format!("orgs/{}", info.org);
         batch.put(Table::Orgs, info.org.as_str(), &to_json(&record, &info)?);
-        self.store.commit(batch)?;
-        if let Some(wrapped) = added {
-            self.keks
-                .insert((wrapped.org.clone(), wrapped.version), wrapped);
+        let committed = self.store.commit(batch);
+        if crate::store::is_durable(&committed) {
+            if let Some(wrapped) = added {
+                self.keks
+                    .insert((wrapped.org.clone(), wrapped.version), wrapped);
+            }
+            self.orgs.insert(info.org.clone(), info);
         }
-        self.orgs.insert(info.org.clone(), info);
+        committed?;
         Ok(())
     }
 
@@ -386,7 +414,8 @@ impl Kms {
     }
 
     /// Rotates `org`'s KEK: a new version wraps new data keys; the old one still unwraps until
-    /// retired. Returns the new version. (Re-wrapping existing data keys is the next step.)
+    /// retired. Returns the new version. Existing data keys move to it in bulk
+    /// ([`Kms::rewrap_data_keys`]) or lazily, as each is unwrapped ([`Kms::unwrap_and_rewrap`]).
     pub fn rotate_org_key(&mut self, org: &OrgId) -> Result<u32, KmsError> {
         let mut info = self.live_org(org)?.clone();
         let next = info
@@ -514,6 +543,78 @@ impl Kms {
     pub fn unwrap_data_key(&self, wrapped: &WrappedDataKey) -> Result<DataKey, KmsError> {
         let kek = self.kek(&wrapped.org, wrapped.kek_version)?;
         Ok(kek.unwrap_data_key(wrapped)?)
+    }
+
+    /// [`Kms::unwrap_data_key`], and the lazy half of rotation: when `wrapped` is under an
+    /// older KEK version than the org's current one, also the same key wrapped under the
+    /// current version, for the caller to keep instead (nothing is written here; the KMS's own
+    /// record moves with [`Kms::rewrap_data_keys`]).
+    pub fn unwrap_and_rewrap(
+        &self,
+        wrapped: &WrappedDataKey,
+    ) -> Result<(DataKey, Option<WrappedDataKey>), KmsError> {
+        let key = self.unwrap_data_key(wrapped)?;
+        let current = self.live_org(&wrapped.org)?.current;
+        let rewrapped = match current {
+            Some(version) if version != wrapped.kek_version => {
+                Some(self.kek(&wrapped.org, version)?.wrap_data_key(&key)?)
+            }
+            _ => None,
+        };
+        Ok((key, rewrapped))
+    }
+
+    /// The bulk half of rotation: re-wraps under `org`'s current KEK version up to `limit` of
+    /// the data-key records still wrapped under a previous version, in one durable commit, so
+    /// the previous versions can be retired once callers have the new wrappings too. Records
+    /// under a retired version cannot be re-wrapped (their KEK is gone) and are counted.
+    pub fn rewrap_data_keys(&mut self, org: &OrgId, limit: usize) -> Result<Rewrap, KmsError> {
+        let current = self
+            .live_org(org)?
+            .current
+            .ok_or_else(|| KmsError::UnknownOrg { org: org.clone() })?;
+        let current_kek = self.kek(org, current)?;
+        let retired: Vec<u32> = self
+            .live_org(org)?
+            .versions
+            .iter()
+            .filter(|v| v.state == KekState::Retired)
+            .map(|v| v.version)
+            .collect();
+        let mut outcome = Rewrap {
+            current_version: current,
+            ..Rewrap::default()
+        };
+        let mut batch = Batch::new();
+        let mut keks = BTreeMap::new();
+        for (key, bytes) in self.store.scan(Table::Deks, &format!("{org}/"))? {
+            let record = format!("deks/{key}");
+            let mut info: DataKeyInfo = from_json(&record, &bytes)?;
+            let version = info.wrapped.kek_version;
+            if version == current {
+                continue;
+            }
+            if retired.contains(&version) {
+                outcome.unrecoverable += 1;
+                continue;
+            }
+            if outcome.rewrapped >= limit {
+                outcome.remaining += 1;
+                continue;
+            }
+            let kek = match keks.entry(version) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(self.kek(org, version)?),
+            };
+            let dek = kek.unwrap_data_key(&info.wrapped)?;
+            info.wrapped = current_kek.wrap_data_key(&dek)?;
+            batch.put(Table::Deks, key, &to_json(&record, &info)?);
+            outcome.rewrapped += 1;
+        }
+        if outcome.rewrapped > 0 {
+            self.store.commit(batch)?;
+        }
+        Ok(outcome)
     }
 }
 

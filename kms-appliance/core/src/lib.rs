@@ -64,5 +64,5 @@ pub use authz::{Authorizer, AuthzConfig, Decision};
 pub use crypto::KEY_LEN;
 pub use keys::{DataKey, KeyError, KeyId, OrgId, WrappedDataKey};
 pub use kms::replica::Snapshot;
-pub use kms::{DataKeyInfo, KekState, KekVersionInfo, Kms, KmsError, OrgKeyInfo};
+pub use kms::{DataKeyInfo, KekState, KekVersionInfo, Kms, KmsError, OrgKeyInfo, Rewrap};
 pub use store::{SealingKey, StoreError};

@@ -20,15 +20,16 @@
 //!   vTPM lives in the paravisor (VMPL 0), out of the host's reach; its NV is persisted in the
 //!   VM's guest state, which we trust the platform to protect from rollback.
 //! - *SEV-SNP and sim:* there is no monotonic counter in SEV-SNP that a guest can use. The
-//!   defence planned is a quorum of KMS replicas each holding the latest version (a restarted
-//!   KMS asks a majority, over the attested mesh, for the highest version they saw); it arrives
-//!   with the replicas. Until then these platforms run [`Unanchored`], which the caller must
-//!   choose by name.
+//!   anchor is the memory of other running KMS processes, [`quorum::QuorumAnchor`]: peers
+//!   witness each committed version, and a state opens only if every witness it lists answers
+//!   and none saw anything newer. A KMS with no peer has no witness and says so; tests and tools
+//!   without any anchor use [`Unanchored`], which the caller must choose by name.
 //!
-//! **Not defended yet:** rollback on SNP and sim (above); a write committed but not yet anchored
-//! (above); and, by nature, the host withholding the disk entirely (availability is not ours to
-//! defend). Deletion of the store is detected when an anchor exists: a missing store with an
-//! anchor already set is refused ([`crate::store::StoreError::StateMissing`]).
+//! **Not defended:** a write committed but not yet anchored (above); on SNP and sim, a single
+//! KMS with no peer, and the other limits listed in [`quorum`]; and, by nature, the host
+//! withholding the disk entirely (availability is not ours to defend). Deletion of the store is
+//! detected when an anchor exists: a missing store with an anchor already set is refused
+//! ([`crate::store::StoreError::StateMissing`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -43,6 +44,14 @@ pub enum AnchorError {
         /// The operation.
         op: &'static str,
         /// What went wrong.
+        reason: String,
+    },
+    /// The anchor refuses: the state cannot be shown to be the newest, or was shown not to be.
+    #[error("rollback anchor {anchor}: {reason}")]
+    Refused {
+        /// Which anchor.
+        anchor: String,
+        /// Why, naming what was expected and what was found.
         reason: String,
     },
 }
@@ -60,6 +69,30 @@ pub trait VersionAnchor: Send {
     /// may be higher (a TPM counter starts at the highest value any counter on its TPM held).
     /// Never lowers it.
     fn advance_to(&mut self, version: u64) -> Result<u64, AnchorError>;
+
+    /// Told at open, before [`VersionAnchor::read`]: the state version found, the SHA-256 of its
+    /// sealed state record, and the anchor's own data sealed in it ([`VersionAnchor::state_data`]).
+    /// Anchors that keep nothing in the state ignore it.
+    fn load_state(
+        &mut self,
+        _version: u64,
+        _state: &[u8; 32],
+        _data: &[u8],
+    ) -> Result<(), AnchorError> {
+        Ok(())
+    }
+
+    /// What to seal into the next state record beside the version (the quorum anchor: its
+    /// instance id and witness sets). Empty by default.
+    fn state_data(&mut self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// A state was committed durably (or opened): raise the anchor to `version`, whose sealed
+    /// state record hashes to `state`. By default [`VersionAnchor::advance_to`].
+    fn committed(&mut self, version: u64, _state: &[u8; 32]) -> Result<u64, AnchorError> {
+        self.advance_to(version)
+    }
 }
 
 /// The verdict of [`check`].
@@ -86,7 +119,7 @@ pub fn check(state: u64, anchor: Option<u64>) -> Verdict {
 }
 
 /// No anchor at all: every state version is accepted, so a host that keeps an old copy of the
-/// disk can roll the KMS back to it. What SEV-SNP and sim run until replicas arrive; constructed
+/// disk can roll the KMS back to it. For tests and tools that need no defence; constructed
 /// only through [`Unanchored::accepting_rollback`], so that choice is visible where it is made.
 #[derive(Debug)]
 pub struct Unanchored(());
@@ -145,6 +178,7 @@ impl VersionAnchor for MemoryAnchor {
     }
 }
 
+pub mod quorum;
 #[cfg(feature = "tpm")]
 pub mod tpm;
 

@@ -11,12 +11,13 @@
 //! `"coffer-kms record v1" ‖ table ‖ key ‖ format`: moved to another key or table, altered, or
 //! re-labelled with another format, it fails to open ([`StoreError::Tampered`], naming it).
 //!
-//! **The state record** (`meta/state`) holds the state version, raised by every commit, and the
-//! [digest](crate::digest) of every other record. Opening checks, in this order: the header's
-//! sealing-key id (which key sealed this store), the state record, the version against the
-//! [rollback anchor](crate::rollback), then every record opens and the set of records is exactly
-//! the committed one (nothing deleted, added, or swapped for an older sealed copy). Only then is
-//! the store used. [`Store::verify`] repeats the record checks on demand.
+//! **The state record** (`meta/state`) holds the state version, raised by every commit, the
+//! [digest](crate::digest) of every other record, and what the rollback anchor keeps in the state
+//! ([`VersionAnchor::state_data`]: the witness quorum's instance id and witness sets). Opening
+//! checks, in this order: the header's sealing-key id (which key sealed this store), the state
+//! record, the version against the [rollback anchor](crate::rollback), then every record opens
+//! and the set of records is exactly the committed one (nothing deleted, added, or swapped for
+//! an older sealed copy). Only then is the store used. [`Store::verify`] repeats the record checks on demand.
 //!
 //! **Durability:** every [`Store::commit`] is one redb write transaction with
 //! `Durability::Immediate` (data and the new root are fsynced before it returns); a crash leaves
@@ -206,6 +207,15 @@ pub enum StoreError {
         /// Which anchor.
         anchor_name: String,
     },
+    /// The commit is durable, but the anchor did not take it: it is not acknowledged (the
+    /// caller's memory follows the disk all the same, see [`StoreError::is_durable`]).
+    #[error("state version {version} is written but not acknowledged: {source}")]
+    NotAnchored {
+        /// The version written.
+        version: u64,
+        /// Why the anchor did not take it.
+        source: AnchorError,
+    },
     /// The anchor failed.
     #[error(transparent)]
     Anchor(#[from] AnchorError),
@@ -217,6 +227,13 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+}
+
+/// Whether a [`Store::commit`] result left the write on disk: `Ok`, or [`StoreError::NotAnchored`]
+/// (durable, not acknowledged). Whoever keeps records in memory takes the write in either case,
+/// so memory never disagrees with the disk it will be reopened from.
+pub fn is_durable(result: &Result<u64, StoreError>) -> bool {
+    matches!(result, Ok(_) | Err(StoreError::NotAnchored { .. }))
 }
 
 /// The platform key that seals the store.
@@ -434,7 +451,7 @@ fn create_file(
     {
         let db =
             Database::create(&staging).map_err(|e| db_error(&staging, "creating")(e.into()))?;
-        first_commit(&db, &staging, sealing, version)?;
+        first_commit(&db, &staging, sealing, version, &anchor.state_data())?;
     }
     std::fs::rename(&staging, path).map_err(io_error(path, "moving the new store into place"))?;
     // The rename itself must be durable before anything is acknowledged from this store.
@@ -459,7 +476,7 @@ fn create_on_disk(
     let db = Database::builder()
         .create_with_backend(disk.clone())
         .map_err(|e| db_error(&path, "creating")(e.into()))?;
-    first_commit(&db, &path, sealing, version)?;
+    first_commit(&db, &path, sealing, version, &anchor.state_data())?;
     disk.mark_ready()?;
     Ok(db)
 }
@@ -478,18 +495,31 @@ fn first_version(path: &Path, anchor: &mut dyn VersionAnchor) -> Result<u64, Sto
     Ok(anchor.advance_to(1)?)
 }
 
+/// The sealed state record: `version (8, big-endian) ‖ digest ‖ the anchor's data` (the
+/// anchor's part is empty for anchors that keep nothing in the state).
+fn seal_state(
+    sealing: &SealingKey,
+    version: u64,
+    digest: &StateDigest,
+    anchor_data: &[u8],
+) -> Result<Vec<u8>, StoreError> {
+    let mut plain = version.to_be_bytes().to_vec();
+    plain.extend_from_slice(&digest.to_bytes());
+    plain.extend_from_slice(anchor_data);
+    sealing.seal(Table::Meta.name(), STATE_KEY, &plain)
+}
+
 /// The first, durable commit of a new store: its header, its tables and its state record.
 fn first_commit(
     db: &Database,
     path: &Path,
     sealing: &SealingKey,
     version: u64,
+    anchor_data: &[u8],
 ) -> Result<(), StoreError> {
     let err = |op| db_error(path, op);
     {
-        let mut plain = version.to_be_bytes().to_vec();
-        plain.extend_from_slice(&StateDigest::default().to_bytes());
-        let state = sealing.seal(Table::Meta.name(), STATE_KEY, &plain)?;
+        let state = seal_state(sealing, version, &StateDigest::default(), anchor_data)?;
         let mut txn = db.begin_write().map_err(|e| err("creating")(e.into()))?;
         txn.set_durability(Durability::Immediate);
         {
@@ -584,12 +614,6 @@ impl Store {
         db_error(&self.path, op)
     }
 
-    fn state_record(&self, version: u64, digest: &StateDigest) -> Result<Vec<u8>, StoreError> {
-        let mut plain = version.to_be_bytes().to_vec();
-        plain.extend_from_slice(&digest.to_bytes());
-        self.sealing.seal(Table::Meta.name(), STATE_KEY, &plain)
-    }
-
     fn load(&mut self) -> Result<(), StoreError> {
         let state_name = format!("{}/{STATE_KEY}", Table::Meta.name());
         let sealed =
@@ -603,10 +627,15 @@ impl Store {
             record: state_name.clone(),
             reason: "malformed".into(),
         };
-        let (version, digest) = plain.split_at_checked(8).ok_or_else(malformed)?;
+        let (version, rest) = plain.split_at_checked(8).ok_or_else(malformed)?;
         let version = u64::from_be_bytes(version.try_into().map_err(|_| malformed())?);
+        let (digest, anchor_data) = rest
+            .split_at_checked(crate::digest::DIGEST_LEN)
+            .ok_or_else(malformed)?;
         let digest = StateDigest::from_bytes(digest).ok_or_else(malformed)?;
+        let state_hash: [u8; 32] = Sha256::digest(&sealed).into();
 
+        self.anchor.load_state(version, &state_hash, anchor_data)?;
         let anchored = self.anchor.read()?;
         if let Verdict::RolledBack { state, anchor } = rollback::check(version, anchored) {
             return Err(StoreError::RolledBack {
@@ -627,11 +656,11 @@ impl Store {
         self.version = version;
         self.digest = digest;
         // The store may be ahead of the anchor by a write that committed just before a crash.
-        self.anchor_to(version)
+        self.anchor_to(version, &state_hash)
     }
 
-    fn anchor_to(&mut self, version: u64) -> Result<(), StoreError> {
-        let anchored = self.anchor.advance_to(version)?;
+    fn anchor_to(&mut self, version: u64, state_hash: &[u8; 32]) -> Result<(), StoreError> {
+        let anchored = self.anchor.committed(version, state_hash)?;
         if anchored > version {
             return Err(StoreError::AnchorAhead {
                 state: version,
@@ -836,7 +865,8 @@ impl Store {
                 }
             }
         }
-        let state = self.state_record(version, &digest)?;
+        let state = seal_state(&self.sealing, version, &digest, &self.anchor.state_data())?;
+        let state_hash: [u8; 32] = Sha256::digest(&state).into();
         {
             let mut meta = txn
                 .open_table(Table::Meta.def())
@@ -848,7 +878,10 @@ impl Store {
             .map_err(|e| self.db_err("committing")(e.into()))?;
         self.version = version;
         self.digest = digest;
-        self.anchor_to(version)?;
+        self.anchor_to(version, &state_hash).map_err(|e| match e {
+            StoreError::Anchor(source) => StoreError::NotAnchored { version, source },
+            other => other,
+        })?;
         Ok(version)
     }
 }

@@ -464,3 +464,103 @@ async fn no_credential_is_denied_and_audited() {
     );
     assert_eq!(w.audit.events()[0].reason, Some(Reason::CredentialMissing));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_rotation_an_unwrap_answers_the_key_rewrapped_and_an_admin_rewraps_in_bulk() {
+    let w = world().await;
+    let mut conn = w.client().await;
+    let generated = acme_data_key(&w, &mut conn).await;
+    let key_id = generated["key_id"].as_str().unwrap();
+    let owner = w.issuer.identity("olga", "acme", "research", &["owner"]);
+    let analyst = w.issuer.identity("ann", "acme", "research", &["analyst"]);
+    let (status, body) = call(
+        &mut conn,
+        Method::POST,
+        "/v1/orgs/acme/keys/rotate",
+        Cred::Bearer(&owner),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &body["current"]),
+        (StatusCode::OK, &json!(2)),
+        "{body}"
+    );
+
+    // Lazy: the old wrapping unwraps, and the answer carries the same key under version 2.
+    let (status, body) = call(
+        &mut conn,
+        Method::POST,
+        &unwrap_path(key_id),
+        Cred::Bearer(&analyst),
+        Some(&unwrap_body(&generated)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["plaintext"], generated["plaintext"]);
+    assert_eq!(body["rewrapped"]["kek_version"], 2, "{body}");
+    let (status, again) = call(
+        &mut conn,
+        Method::POST,
+        &unwrap_path(key_id),
+        Cred::Bearer(&analyst),
+        Some(&json!({ "wrapped": body["rewrapped"] }).to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["plaintext"], generated["plaintext"]);
+    assert!(again.get("rewrapped").is_none(), "{again}");
+
+    // Bulk: an analyst may not, an admin may; a bad limit is 400 naming the field.
+    let (status, body) = call(
+        &mut conn,
+        Method::POST,
+        "/v1/orgs/acme/keys/rewrap",
+        Cred::Bearer(&analyst),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let last = w.audit.events().last().cloned().unwrap();
+    assert_eq!(last.operation, Operation::RewrapDataKeys);
+    assert_eq!(last.outcome, Outcome::Denied);
+    let (status, body) = call(
+        &mut conn,
+        Method::POST,
+        "/v1/orgs/acme/keys/rewrap",
+        Cred::Bearer(&owner),
+        Some(r#"{"limit":0}"#),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_limit")
+    );
+    let (status, body) = call(
+        &mut conn,
+        Method::POST,
+        "/v1/orgs/acme/keys/rewrap",
+        Cred::Bearer(&owner),
+        Some(r#"{"limit":10}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (
+            &body["current_version"],
+            &body["rewrapped"],
+            &body["remaining"]
+        ),
+        (&json!(2), &json!(1), &json!(0)),
+        "{body}"
+    );
+    let (_, listing) = call(
+        &mut conn,
+        Method::GET,
+        "/v1/orgs/acme/keys",
+        Cred::Bearer(&owner),
+        None,
+    )
+    .await;
+    assert_eq!(listing["data_keys"][0]["kek_version"], 2, "{listing}");
+}

@@ -84,7 +84,7 @@ fn workspaces_follow_the_org_id_rules() {
 #[test]
 fn a_plaintext_response_is_json_with_base64_and_no_store() {
     let key = DataKey::generate().unwrap();
-    let response = plaintext_response(StatusCode::OK, &key, None).unwrap();
+    let response = plaintext_response(StatusCode::OK, &key, None, None).unwrap();
     assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
     assert_eq!(PLAINTEXT_B64_LEN, 44);
 }

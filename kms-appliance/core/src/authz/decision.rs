@@ -62,6 +62,11 @@ pub enum Request {
         /// The org.
         org: OrgId,
     },
+    /// Re-wrap an org's data-key records under its current KEK version (after a rotation).
+    RewrapDataKeys {
+        /// The org.
+        org: OrgId,
+    },
     /// Destroy an org's KEKs (crypto-shredding).
     DestroyOrgKey {
         /// The org.
@@ -94,6 +99,7 @@ impl Request {
         match self {
             Self::CreateOrgKey { .. } => Operation::CreateOrgKey,
             Self::RotateOrgKey { .. } => Operation::RotateOrgKey,
+            Self::RewrapDataKeys { .. } => Operation::RewrapDataKeys,
             Self::DestroyOrgKey { .. } => Operation::DestroyOrgKey,
             Self::ListKeyMetadata { .. } => Operation::ListKeyMetadata,
             Self::GenerateDataKey { .. } => Operation::GenerateDataKey,
@@ -106,6 +112,7 @@ impl Request {
         match self {
             Self::CreateOrgKey { org }
             | Self::RotateOrgKey { org }
+            | Self::RewrapDataKeys { org }
             | Self::DestroyOrgKey { org }
             | Self::ListKeyMetadata { org }
             | Self::GenerateDataKey { org, .. }
@@ -122,6 +129,8 @@ pub enum Operation {
     CreateOrgKey,
     /// [`Request::RotateOrgKey`].
     RotateOrgKey,
+    /// [`Request::RewrapDataKeys`].
+    RewrapDataKeys,
     /// [`Request::DestroyOrgKey`].
     DestroyOrgKey,
     /// [`Request::ListKeyMetadata`].

@@ -110,8 +110,12 @@ impl Kms {
         })?;
         let mut batch = Batch::new();
         batch.put(Table::Meta, AUDIT_CHECKPOINT_KEY, &bytes);
-        self.store.commit(batch)?;
-        self.audit_checkpoint = Some(signed);
+        let committed = self.store.commit(batch);
+        if crate::store::is_durable(&committed) {
+            // On disk, so it is the one the next checkpoint must extend.
+            self.audit_checkpoint = Some(signed);
+        }
+        committed?;
         Ok(note)
     }
 }

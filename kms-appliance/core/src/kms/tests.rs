@@ -275,3 +275,103 @@ fn debug_of_the_kms_and_its_sealing_key_prints_no_key_bytes() {
     }
     assert!(debug.contains("redacted"), "{debug}");
 }
+
+#[test]
+fn after_a_rotation_keys_move_to_the_current_version_lazily_on_unwrap_and_in_bulk() {
+    let dir = tempfile::tempdir().unwrap();
+    let anchor = MemoryAnchor::new();
+    let mut kms = open(&dir, &anchor);
+    let acme = org("acme");
+    kms.create_org_key(&acme).unwrap();
+    let old: Vec<_> = (0..5)
+        .map(|_| kms.generate_data_key(&acme).unwrap())
+        .collect();
+    // Under the current version there is nothing to re-wrap.
+    let (_, none) = kms.unwrap_and_rewrap(&old[0].1).unwrap();
+    assert_eq!(none, None);
+    assert_eq!(kms.rewrap_data_keys(&acme, 100).unwrap().rewrapped, 0);
+
+    assert_eq!(kms.rotate_org_key(&acme).unwrap(), 2);
+    // Lazily: the unwrap of an old wrapping also answers the key under version 2, which
+    // unwraps to the same bytes (and writes nothing).
+    let before = kms.state_version();
+    let (key, rewrapped) = kms.unwrap_and_rewrap(&old[0].1).unwrap();
+    let rewrapped = rewrapped.expect("a key under version 1 comes back under version 2");
+    assert_eq!(rewrapped.kek_version, 2);
+    assert_eq!(rewrapped.key_id, old[0].1.key_id);
+    assert_eq!(
+        kms.unwrap_data_key(&rewrapped).unwrap().expose_secret(),
+        key.expose_secret()
+    );
+    assert_eq!(kms.state_version(), before);
+
+    // In bulk, bounded per call: the KMS's own records move, three then two.
+    let first = kms.rewrap_data_keys(&acme, 3).unwrap();
+    assert_eq!(
+        (
+            first.current_version,
+            first.rewrapped,
+            first.remaining,
+            first.unrecoverable
+        ),
+        (2, 3, 2, 0)
+    );
+    let second = kms.rewrap_data_keys(&acme, 3).unwrap();
+    assert_eq!((second.rewrapped, second.remaining), (2, 0));
+    let records = kms.data_keys(&acme).unwrap();
+    assert_eq!(records.len(), 5);
+    for (key, wrapped) in &old {
+        let record = records
+            .iter()
+            .find(|r| r.wrapped.key_id == wrapped.key_id)
+            .unwrap();
+        assert_eq!(record.wrapped.kek_version, 2);
+        assert_eq!(
+            kms.unwrap_data_key(&record.wrapped)
+                .unwrap()
+                .expose_secret(),
+            key.expose_secret()
+        );
+    }
+    // Then version 1 can be retired: the re-wrapped records still unwrap, the old wrappings
+    // do not, and the moves survived a restart.
+    kms.retire_org_key_version(&acme, 1).unwrap();
+    drop(kms);
+    let kms = open(&dir, &anchor);
+    for (key, wrapped) in &old {
+        assert!(matches!(
+            kms.unwrap_data_key(wrapped),
+            Err(KmsError::KekVersionRetired { version: 1, .. })
+        ));
+        let record = kms
+            .data_keys(&acme)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.wrapped.key_id == wrapped.key_id)
+            .unwrap();
+        assert_eq!(
+            kms.unwrap_data_key(&record.wrapped)
+                .unwrap()
+                .expose_secret(),
+            key.expose_secret()
+        );
+    }
+}
+
+#[test]
+fn records_under_a_version_retired_before_they_moved_are_counted_unrecoverable() {
+    let dir = tempfile::tempdir().unwrap();
+    let anchor = MemoryAnchor::new();
+    let mut kms = open(&dir, &anchor);
+    let acme = org("acme");
+    kms.create_org_key(&acme).unwrap();
+    kms.generate_data_key(&acme).unwrap();
+    kms.rotate_org_key(&acme).unwrap();
+    kms.generate_data_key(&acme).unwrap();
+    kms.retire_org_key_version(&acme, 1).unwrap();
+    let outcome = kms.rewrap_data_keys(&acme, 10).unwrap();
+    assert_eq!(
+        (outcome.rewrapped, outcome.remaining, outcome.unrecoverable),
+        (0, 0, 1)
+    );
+}
