@@ -350,23 +350,69 @@ pub async fn request_attested(
     path: &str,
     body: Bytes,
 ) -> Result<(StatusCode, Bytes), MeshError> {
-    let (addr, authority) = authority_of(url)?;
-    let (tls_stream, spki) = connect_tls(&addr).await?;
-    let got = hex::encode(crate::sha256(&spki));
-    if got != tls_spki_sha256 {
-        // Another key than the attested one: the connection is not to the server checked.
-        return Err(MeshError::SessionBindingMismatch {
-            expected: tls_spki_sha256.to_owned(),
-            got,
-        });
+    AttestedConnection::connect(url, tls_spki_sha256)
+        .await?
+        .send(method, path, body)
+        .await
+}
+
+/// A keep-alive HTTP/1.1 connection to a server whose attestation endpoint was checked
+/// ([`check_endpoint`]): opened only if the server presents the TLS key that evidence bound, and
+/// reused for request after request (the KMS's rollback witnesses).
+pub struct AttestedConnection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    authority: String,
+}
+
+impl std::fmt::Debug for AttestedConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttestedConnection")
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
     }
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(hyper::header::HOST, authority)
-        .body(Full::new(body))
-        .map_err(|e| MeshError::Protocol(e.to_string()))?;
-    send(tls_stream, request).await
+}
+
+impl AttestedConnection {
+    /// Connects to `url`; refused ([`MeshError::SessionBindingMismatch`]) unless the server's
+    /// TLS key hashes to `tls_spki_sha256` (hex).
+    pub async fn connect(url: &str, tls_spki_sha256: &str) -> Result<Self, MeshError> {
+        let (addr, authority) = authority_of(url)?;
+        let (tls_stream, spki) = connect_tls(&addr).await?;
+        let got = hex::encode(crate::sha256(&spki));
+        if got != tls_spki_sha256 {
+            // Another key than the attested one: the connection is not to the server checked.
+            return Err(MeshError::SessionBindingMismatch {
+                expected: tls_spki_sha256.to_owned(),
+                got,
+            });
+        }
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls_stream))
+            .await
+            .map_err(|e| MeshError::Io(e.to_string()))?;
+        tokio::spawn(connection);
+        Ok(Self { sender, authority })
+    }
+
+    /// Sends one request and reads the whole answer. An error means the connection is no
+    /// longer usable: connect again.
+    pub async fn send(
+        &mut self,
+        method: hyper::Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), MeshError> {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, &self.authority)
+            .body(Full::new(body))
+            .map_err(|e| MeshError::Protocol(e.to_string()))?;
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| MeshError::Io(e.to_string()))?;
+        read_answer(self.sender.send_request(request).await).await
+    }
 }
 
 /// Sends one HTTP/1.1 request on `tls_stream` and reads the whole answer.
@@ -378,10 +424,14 @@ async fn send(
         .await
         .map_err(|e| MeshError::Io(e.to_string()))?;
     tokio::spawn(connection);
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| MeshError::Io(e.to_string()))?;
+    read_answer(sender.send_request(request).await).await
+}
+
+/// The status and whole body of an answer.
+async fn read_answer(
+    response: Result<Response<hyper::body::Incoming>, hyper::Error>,
+) -> Result<(StatusCode, Bytes), MeshError> {
+    let response = response.map_err(|e| MeshError::Io(e.to_string()))?;
     let status = response.status();
     let body = response
         .into_body()

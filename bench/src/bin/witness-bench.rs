@@ -1,7 +1,7 @@
 //! What the rollback witnesses cost a KMS write, in one run: `Kms::generate_data_key` (a durable
 //! redb commit) with no witness, one and two witnesses, each an in-process KMS witness served on
-//! its attestation endpoint over loopback TLS (`EndpointTransport`: every advance is a new TLS
-//! connection to the attested key; the witness's evidence is checked once). Rounds alternate
+//! its attestation endpoint over loopback TLS (`EndpointTransport`: one keep-alive TLS connection
+//! per witness, to the key its evidence bound; the evidence is checked once). Rounds alternate
 //! between the three so machine drift hits all of them. Reads (unwraps) never ask a witness and
 //! are measured by `kms-bench`.
 

@@ -479,7 +479,10 @@ fn three_replicas_restarted_one_at_a_time_stay_writable_and_reopen_without_a_rej
     std::fs::copy(path(A), dir.path().join("a-newest.redb")).unwrap();
     std::fs::copy(dir.path().join("a-before.redb"), path(A)).unwrap();
     let err = refusal(open_as(&net, &path(A), A, &peers(A))).to_string();
-    assert!(err.contains("cannot prove this state is the newest"), "{err}");
+    assert!(
+        err.contains("cannot prove this state is the newest"),
+        "{err}"
+    );
     std::fs::copy(dir.path().join("a-newest.redb"), path(A)).unwrap();
     open_as(&net, &path(A), A, &peers(A)).unwrap();
 }

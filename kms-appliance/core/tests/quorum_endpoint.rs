@@ -35,6 +35,16 @@ fn manifest(kms: &[[u8; 48]]) -> Vec<u8> {
 /// Serves a witness (the route the kms appliance serves) for a kms of `measurement` launched
 /// into `manifest`; returns its URL.
 fn start_witness(rt: &tokio::runtime::Runtime, manifest: &[u8], measurement: [u8; 48]) -> String {
+    start_witness_at(rt, manifest, measurement, "127.0.0.1:0")
+}
+
+/// [`start_witness`] on `addr`.
+fn start_witness_at(
+    rt: &tokio::runtime::Runtime,
+    manifest: &[u8],
+    measurement: [u8; 48],
+    addr: &str,
+) -> String {
     let table = Arc::new(WitnessTable::new());
     let extension: Extension = Arc::new(move |method, path, body| {
         let table = table.clone();
@@ -43,9 +53,7 @@ fn start_witness(rt: &tokio::runtime::Runtime, manifest: &[u8], measurement: [u8
         })
     });
     let node = node(manifest, Role::Kms, platform_in(manifest, measurement));
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
     rt.spawn(serve_endpoint_with(node, listener, Some(extension)));
     url
@@ -129,4 +137,41 @@ fn a_witness_whose_image_is_not_pinned_is_no_witness() {
         err.contains("not an attested kms") && err.contains("measurement_not_pinned"),
         "{err}"
     );
+}
+
+#[test]
+fn a_witness_restarted_behind_the_same_address_is_a_new_process_and_vouches_for_nothing() {
+    let v1 = manifest(&[KMS_MEASUREMENT]);
+    let first = runtime();
+    let witness = start_witness(&first, &v1, KMS_MEASUREMENT);
+    let v1_node = node(&v1, Role::Kms, platform_in(&v1, KMS_MEASUREMENT));
+    let transport = Arc::new(EndpointTransport::new(v1_node.trust().clone()).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let (anchor, handle) = QuorumAnchor::new(transport, [witness.clone()], None).unwrap();
+    let mut kms = Kms::open(
+        &dir.path().join("kms.redb"),
+        platform_in(&v1, KMS_MEASUREMENT).as_ref(),
+        Box::new(anchor),
+    )
+    .unwrap();
+    assert!(handle.survey(&[]).unwrap());
+    kms.advance_state().unwrap();
+    let acme = OrgId::new("acme").unwrap();
+    kms.create_org_key(&acme).unwrap();
+    for _ in 0..3 {
+        kms.generate_data_key(&acme).unwrap(); // over the one kept connection
+    }
+    // The witness process ends (its connections with it) and another starts on its address.
+    first.shutdown_background();
+    let second = runtime();
+    let addr = witness.strip_prefix("https://").unwrap();
+    let restarted = start_witness_at(&second, &v1, KMS_MEASUREMENT, addr);
+    assert_eq!(restarted, witness);
+    let err = kms.generate_data_key(&acme).unwrap_err().to_string();
+    assert!(
+        err.contains("answers as another process") && err.contains("not acknowledged"),
+        "{err}"
+    );
+    // It cannot stand in for the witness it replaced, so no new set is listed either.
+    assert!(!handle.survey(&[]).unwrap());
 }

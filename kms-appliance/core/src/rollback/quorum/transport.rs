@@ -4,16 +4,16 @@
 //! genuine code pinned for the **kms** role in this KMS's manifest, bound to a fresh nonce and
 //! to the TLS key of that connection, under any manifest of the deployment
 //! ([`Binding::AnyManifest`]: witnesses keep working while the manifest changes, e.g. during an
-//! image upgrade). That key's SHA-256 is the witness's incarnation. Every request then goes over
-//! TLS to that key only; a different key means a different process, which is checked again (a
-//! new incarnation).
+//! image upgrade). That key's SHA-256 is the witness's incarnation. Requests then go over one
+//! keep-alive TLS connection to that key only; when it fails, a new one is opened, and a
+//! different key means a different process, which is checked again (a new incarnation).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use coffer_mesh::endpoint::{check_endpoint_bound, request_attested};
-use coffer_mesh::{Binding, MeshError, Trust};
+use coffer_mesh::endpoint::{check_endpoint_bound, AttestedConnection};
+use coffer_mesh::{Binding, Trust};
 use coffer_types::Role;
 use hyper::body::Bytes;
 use hyper::Method;
@@ -30,8 +30,18 @@ pub struct EndpointTransport {
     /// commit holds the KMS), and the appliance's own runtime is current-thread too, so it
     /// cannot be driven from here.
     runtime: tokio::runtime::Handle,
-    /// URL → the hex SHA-256 of the TLS key its evidence bound (checked once per process).
-    checked: Arc<Mutex<HashMap<String, String>>>,
+    /// URL → its witness: the hex SHA-256 of the TLS key its evidence bound (checked once per
+    /// witness process) and the open connection to it. One request at a time per witness.
+    witnesses: Arc<Mutex<HashMap<String, Slot>>>,
+}
+
+/// One witness URL's attested key and connection.
+type Slot = Arc<tokio::sync::Mutex<Known>>;
+
+#[derive(Default)]
+struct Known {
+    spki: Option<String>,
+    connection: Option<AttestedConnection>,
 }
 
 impl std::fmt::Debug for EndpointTransport {
@@ -55,44 +65,19 @@ impl EndpointTransport {
         Ok(Self {
             trust,
             runtime: handle,
-            checked: Arc::default(),
+            witnesses: Arc::default(),
         })
     }
 }
 
 async fn call(
     trust: Arc<Trust>,
-    checked: Arc<Mutex<HashMap<String, String>>>,
+    slot: Slot,
     url: String,
     body: Bytes,
 ) -> Result<(Incarnation, Outcome), String> {
-    let known = checked
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(&url)
-        .cloned();
-    let mut fresh = known.is_none();
-    let mut spki = match known {
-        Some(spki) => spki,
-        None => attest(&trust, &url).await?,
-    };
-    let (status, reply) = loop {
-        match request_attested(&url, &spki, Method::POST, WITNESS_PATH, body.clone()).await {
-            Ok(answer) => break answer,
-            // Another key (or no connection) may be a restarted witness: check it again, once.
-            Err(
-                MeshError::SessionBindingMismatch { .. } | MeshError::Io(_) | MeshError::Tls(_),
-            ) if !fresh => {
-                fresh = true;
-                spki = attest(&trust, &url).await?;
-            }
-            Err(e) => return Err(format!("{} ({})", e, e.name())),
-        }
-    };
-    checked
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(url.clone(), spki.clone());
+    let mut known = slot.lock().await;
+    let (spki, (status, reply)) = exchange(&trust, &mut known, &url, body).await?;
     let incarnation: Incarnation = hex::decode(&spki)
         .ok()
         .and_then(|b| b.try_into().ok())
@@ -113,6 +98,51 @@ async fn call(
         }
     };
     Ok((incarnation, outcome))
+}
+
+/// Sends `body` to the witness at `url`: over the open connection; else over a new one to the
+/// key attested before; else to a key attested afresh (a restarted witness). Returns the
+/// attested key's digest and the answer. Witness requests are idempotent, so one that failed
+/// midway may be sent again.
+async fn exchange(
+    trust: &Trust,
+    known: &mut Known,
+    url: &str,
+    body: Bytes,
+) -> Result<(String, (hyper::StatusCode, Bytes)), String> {
+    let named = |e: coffer_mesh::MeshError| format!("{e} ({})", e.name());
+    if let (Some(spki), Some(connection)) = (known.spki.clone(), known.connection.as_mut()) {
+        if let Ok(answer) = connection
+            .send(Method::POST, WITNESS_PATH, body.clone())
+            .await
+        {
+            return Ok((spki, answer));
+        }
+    }
+    known.connection = None;
+    if let Some(spki) = known.spki.clone() {
+        if let Ok(mut connection) = AttestedConnection::connect(url, &spki).await {
+            if let Ok(answer) = connection
+                .send(Method::POST, WITNESS_PATH, body.clone())
+                .await
+            {
+                known.connection = Some(connection);
+                return Ok((spki, answer));
+            }
+        }
+    }
+    known.spki = None;
+    let spki = attest(trust, url).await?;
+    let mut connection = AttestedConnection::connect(url, &spki)
+        .await
+        .map_err(named)?;
+    let answer = connection
+        .send(Method::POST, WITNESS_PATH, body)
+        .await
+        .map_err(named)?;
+    known.spki = Some(spki.clone());
+    known.connection = Some(connection);
+    Ok((spki, answer))
 }
 
 /// Checks the witness's attestation endpoint; returns the TLS key digest its evidence bound.
@@ -136,18 +166,19 @@ impl WitnessTransport for EndpointTransport {
         let receivers: Vec<_> = urls
             .iter()
             .map(|url| {
-                let (trust, checked, url, body) = (
-                    self.trust.clone(),
-                    self.checked.clone(),
-                    url.clone(),
-                    body.clone(),
-                );
+                let slot = self
+                    .witnesses
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(url.clone())
+                    .or_default()
+                    .clone();
+                let (trust, url, body) = (self.trust.clone(), url.clone(), body.clone());
                 let (send, receive) = std::sync::mpsc::sync_channel(1);
                 self.runtime.spawn(async move {
-                    let result =
-                        tokio::time::timeout(CALL_TIMEOUT, call(trust, checked, url, body))
-                            .await
-                            .unwrap_or_else(|_| Err(format!("no answer in {CALL_TIMEOUT:?}")));
+                    let result = tokio::time::timeout(CALL_TIMEOUT, call(trust, slot, url, body))
+                        .await
+                        .unwrap_or_else(|_| Err(format!("no answer in {CALL_TIMEOUT:?}")));
                     // The caller waits for every answer: a send fails only if it is gone.
                     drop(send.send(result));
                 });
