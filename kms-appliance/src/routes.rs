@@ -53,8 +53,6 @@ pub struct State {
     api: Option<Arc<KmsApi>>,
     /// The audit log's origin (the deployment's).
     origin: String,
-    /// What this process witnessed of its peers' state versions (memory only, on purpose).
-    pub witness: Arc<WitnessTable>,
 }
 
 /// What a completed restore yields.
@@ -148,10 +146,11 @@ fn error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
     )
 }
 
-/// The endpoint extension serving the routes from `state`.
-pub fn extension(state: Shared) -> Extension {
+/// The endpoint extension serving the routes from `state`, and the witness route from
+/// `witness` (what this process witnessed of its peers: memory only, on purpose).
+pub fn extension(state: Shared, witness: Arc<WitnessTable>) -> Extension {
     Arc::new(move |method, path, body| {
-        let state = state.clone();
+        let (state, witness) = (state.clone(), witness.clone());
         Box::pin(async move {
             match (method, path.as_str()) {
                 (Method::GET, KIT_PATH) => Some(match &state.lock().await.kit {
@@ -197,10 +196,7 @@ pub fn extension(state: Shared) -> Extension {
                 }
                 (Method::POST, COSIGN_PATH) => Some(cosign(&state, &body).await),
                 (Method::POST, AUDIT_EVENTS_PATH) => Some(collect(&state, &body).await),
-                (Method::POST, WITNESS_PATH) => {
-                    let witness = state.lock().await.witness.clone();
-                    Some(witness.respond(&body))
-                }
+                (Method::POST, WITNESS_PATH) => Some(witness.respond(&body)),
                 (
                     _,
                     KIT_PATH | STATUS_PATH | SHARE_PATH | BACKUP_PATH | COSIGN_PATH

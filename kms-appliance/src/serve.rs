@@ -104,6 +104,7 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
     let rt = coffer_appliance::mesh::runtime().map_err(|e| e.to_string())?;
     // The endpoint for people comes up first: while restoring, officers submit shares there.
     let recovery_state = crate::routes::Shared::default();
+    let witness = Arc::new(WitnessTable::new());
     if let Some(endpoint) = &args.endpoint {
         let listener = rt
             .block_on(tokio::net::TcpListener::bind(endpoint))
@@ -112,7 +113,10 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
         rt.spawn(coffer_mesh::endpoint::serve_endpoint_with(
             node.clone(),
             listener,
-            Some(crate::routes::extension(recovery_state.clone())),
+            Some(crate::routes::extension(
+                recovery_state.clone(),
+                witness.clone(),
+            )),
         ));
     }
     // SEV-SNP and sim give a guest no monotonic counter: the rollback anchor is the memory of
@@ -121,7 +125,6 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
     let peer_hint = coffer_types::read_peer_hint(disk)
         .map_err(|e| format!("{DATA_DISK_RUNTIME_PATH}: peer hint: {e}"))?
         .unwrap_or_default();
-    let witness = rt.block_on(async { recovery_state.lock().await.witness.clone() });
     let transport = EndpointTransport::new(node.trust().clone())
         .map_err(|e| format!("rollback witnesses: {e}"))?;
     let (anchor, quorum) = QuorumAnchor::new(

@@ -253,11 +253,15 @@ pub async fn check_endpoint_bound(
         .secure_random
         .fill(&mut nonce)
         .map_err(|e| MeshError::Tls(format!("no randomness for the nonce: {e:?}")))?;
-    let request = Request::get(format!("{ATTESTATION_PATH}?nonce={}", hex::encode(nonce)))
-        .header(hyper::header::HOST, &authority)
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| MeshError::Protocol(e.to_string()))?;
-    let (status, body) = send(tls_stream, request).await?;
+    // Not yet attested: this one request asks for the evidence that vouches for this key.
+    let (status, body) = AttestedConnection::over(tls_stream, authority.clone())
+        .await?
+        .send(
+            hyper::Method::GET,
+            &format!("{ATTESTATION_PATH}?nonce={}", hex::encode(nonce)),
+            Bytes::new(),
+        )
+        .await?;
     if !status.is_success() {
         return Err(MeshError::Protocol(format!(
             "{url} answered {status}: {}",
@@ -386,6 +390,14 @@ impl AttestedConnection {
                 got,
             });
         }
+        Self::over(tls_stream, authority).await
+    }
+
+    /// HTTP/1.1 over `tls_stream`, whose key the caller has checked (or is about to check).
+    async fn over(
+        tls_stream: tokio_rustls::client::TlsStream<TcpStream>,
+        authority: String,
+    ) -> Result<Self, MeshError> {
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls_stream))
             .await
             .map_err(|e| MeshError::Io(e.to_string()))?;
@@ -411,33 +423,18 @@ impl AttestedConnection {
             .ready()
             .await
             .map_err(|e| MeshError::Io(e.to_string()))?;
-        read_answer(self.sender.send_request(request).await).await
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| MeshError::Io(e.to_string()))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| MeshError::Io(e.to_string()))?
+            .to_bytes();
+        Ok((status, body))
     }
-}
-
-/// Sends one HTTP/1.1 request on `tls_stream` and reads the whole answer.
-async fn send(
-    tls_stream: tokio_rustls::client::TlsStream<TcpStream>,
-    request: Request<Full<Bytes>>,
-) -> Result<(StatusCode, Bytes), MeshError> {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls_stream))
-        .await
-        .map_err(|e| MeshError::Io(e.to_string()))?;
-    tokio::spawn(connection);
-    read_answer(sender.send_request(request).await).await
-}
-
-/// The status and whole body of an answer.
-async fn read_answer(
-    response: Result<Response<hyper::body::Incoming>, hyper::Error>,
-) -> Result<(StatusCode, Bytes), MeshError> {
-    let response = response.map_err(|e| MeshError::Io(e.to_string()))?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| MeshError::Io(e.to_string()))?
-        .to_bytes();
-    Ok((status, body))
 }

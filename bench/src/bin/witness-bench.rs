@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use coffer_kms::rollback::quorum::transport::EndpointTransport;
-use coffer_kms::rollback::quorum::{QuorumAnchor, WitnessTable, WITNESS_PATH};
+use coffer_kms::rollback::quorum::{QuorumAnchor, WitnessTable};
 use coffer_kms::rollback::Unanchored;
 use coffer_kms::{Kms, OrgId};
-use coffer_mesh::endpoint::{serve_endpoint_with, Extension};
+use coffer_mesh::endpoint::serve_endpoint_with;
 use coffer_mesh::{MeshNode, Simulation, Trust};
 use coffer_sim::{sim_deployment, ReportFields, SimGuest, SimRoot, SimService};
 use coffer_types::{deployment_digest, Role};
@@ -52,13 +52,7 @@ fn witness(
     root: &Arc<SimRoot>,
     manifest: &[u8],
 ) -> anyhow::Result<String> {
-    let table = Arc::new(WitnessTable::new());
-    let extension: Extension = Arc::new(move |method, path, body| {
-        let table = table.clone();
-        Box::pin(async move {
-            (method == hyper::Method::POST && path == WITNESS_PATH).then(|| table.respond(&body))
-        })
-    });
+    let extension = Arc::new(WitnessTable::new()).extension();
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let url = format!("https://{}", listener.local_addr()?);
     rt.spawn(serve_endpoint_with(

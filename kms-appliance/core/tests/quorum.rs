@@ -71,16 +71,7 @@ impl WitnessTransport for Net {
                 let (status, reply) = process.table.answer(&body);
                 let reply: coffer_kms::rollback::quorum::WitnessReply =
                     serde_json::from_value(reply).map_err(|e| e.to_string())?;
-                let held = reply.held.map(|h| coffer_kms::rollback::quorum::Held {
-                    version: h.version,
-                    state: hex::decode(h.state).unwrap().try_into().unwrap(),
-                });
-                let outcome = match (status, reply.refused.as_deref()) {
-                    (200, None) => Outcome::Held(held),
-                    (409, Some("witness_fork")) => Outcome::Fork(held.unwrap()),
-                    (409, Some("witness_stale")) => Outcome::Stale(held.unwrap()),
-                    other => return Err(format!("{other:?}")),
-                };
+                let outcome = reply.outcome(status)?;
                 Ok((process.incarnation, outcome))
             })
             .collect()

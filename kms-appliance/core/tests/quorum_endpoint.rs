@@ -11,14 +11,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use coffer_kms::rollback::quorum::transport::EndpointTransport;
-use coffer_kms::rollback::quorum::{
-    QuorumAnchor, WitnessRequest, WitnessTable, WitnessTransport, WITNESS_PATH,
-};
+use coffer_kms::rollback::quorum::{QuorumAnchor, WitnessRequest, WitnessTable, WitnessTransport};
 use coffer_kms::{Kms, OrgId};
-use coffer_mesh::endpoint::{check_endpoint, serve_endpoint_with, Extension};
+use coffer_mesh::endpoint::{check_endpoint, serve_endpoint_with};
 use coffer_sim::sim_deployment;
 use coffer_types::Role;
-use hyper::Method;
 
 use common::mesh::{node, platform_in};
 use common::{sim_root, KMS_MEASUREMENT};
@@ -45,13 +42,7 @@ fn start_witness_at(
     measurement: [u8; 48],
     addr: &str,
 ) -> String {
-    let table = Arc::new(WitnessTable::new());
-    let extension: Extension = Arc::new(move |method, path, body| {
-        let table = table.clone();
-        Box::pin(async move {
-            (method == Method::POST && path == WITNESS_PATH).then(|| table.respond(&body))
-        })
-    });
+    let extension = Arc::new(WitnessTable::new()).extension();
     let node = node(manifest, Role::Kms, platform_in(manifest, measurement));
     let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());

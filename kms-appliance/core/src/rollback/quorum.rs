@@ -150,6 +150,19 @@ pub struct WitnessReply {
     pub refused: Option<String>,
 }
 
+impl WitnessReply {
+    /// What an answer with HTTP `status` states; anything else is an error naming it.
+    pub fn outcome(&self, status: u16) -> Result<Outcome, String> {
+        let held = self.held.as_ref().map(HeldWire::parse).transpose()?;
+        match (status, self.refused.as_deref(), held) {
+            (200, None, held) => Ok(Outcome::Held(held)),
+            (409, Some("witness_fork"), Some(held)) => Ok(Outcome::Fork(held)),
+            (409, Some("witness_stale"), Some(held)) => Ok(Outcome::Stale(held)),
+            (code, refused, _) => Err(format!("unexpected answer {code} (refused: {refused:?})")),
+        }
+    }
+}
+
 /// One witness's answer as the caller sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -244,6 +257,19 @@ impl WitnessTable {
             .iter()
             .cloned()
             .collect()
+    }
+
+    /// The witness route alone as an attestation-endpoint extension (the kms appliance serves
+    /// it beside its other routes; tests and benchmarks serve only this).
+    pub fn extension(self: &Arc<Self>) -> coffer_mesh::endpoint::Extension {
+        let table = self.clone();
+        Arc::new(move |method, path, body| {
+            let table = table.clone();
+            Box::pin(async move {
+                (method == hyper::Method::POST && path == WITNESS_PATH)
+                    .then(|| table.respond(&body))
+            })
+        })
     }
 
     /// [`WitnessTable::answer`] as the HTTP response the witness route sends.
@@ -382,11 +408,6 @@ struct Inner {
 }
 
 impl Inner {
-    fn urls(&self, sets: &[Vec<Witness>]) -> Vec<String> {
-        let urls: BTreeSet<String> = sets.iter().flatten().map(|w| w.url.clone()).collect();
-        urls.into_iter().collect()
-    }
-
     /// The sets the next commit lists.
     fn next_sets(&self) -> Vec<Vec<Witness>> {
         let mut next = if self.witnessed {
@@ -500,6 +521,26 @@ impl QuorumAnchor {
     }
 }
 
+/// Every URL the sets list, once each.
+fn urls_of(sets: &[Vec<Witness>]) -> Vec<String> {
+    let urls: BTreeSet<&String> = sets.iter().flatten().map(|w| &w.url).collect();
+    urls.into_iter().cloned().collect()
+}
+
+/// Why a KMS must stop: `who` holds a newer version of it than its own.
+fn behind(who: &str, held: u64, ours: u64) -> String {
+    format!(
+        "behind: witness {who} holds version {held} of this KMS, newer than its {ours}: another copy of this state runs, or this one was rolled back"
+    )
+}
+
+/// Why a KMS must stop: `who` holds its version `version` with another state.
+fn forked(who: &str, version: u64) -> String {
+    format!(
+        "forked: witness {who} holds version {version} with another state: another copy of this KMS's state ran"
+    )
+}
+
 /// Names a witness for messages: its URL and the start of its incarnation.
 fn name(witness: &Witness) -> String {
     format!(
@@ -597,7 +638,7 @@ impl VersionAnchor for QuorumAnchor {
         if sets.is_empty() {
             return Ok(None);
         }
-        let urls = lock(&self.inner).urls(&sets);
+        let urls = urls_of(&sets);
         let request = WitnessRequest::Query {
             instance: hex::encode(instance),
         };
@@ -615,10 +656,7 @@ impl VersionAnchor for QuorumAnchor {
                         continue;
                     };
                     if held.version == version && held.state != state {
-                        return Err(Self::refused(format!(
-                            "forked: witness {} holds version {version} with another state: another copy of this KMS's state ran",
-                            name(witness)
-                        )));
+                        return Err(Self::refused(forked(&name(witness), version)));
                     }
                     if newest.is_none_or(|(_, n)| held.version > n.version) {
                         newest = Some((witness, *held));
@@ -685,7 +723,7 @@ impl VersionAnchor for QuorumAnchor {
                 state: hex::encode(state),
                 reply_to: inner.self_url.clone(),
             };
-            (inner.sets.clone(), inner.urls(&inner.sets), request)
+            (inner.sets.clone(), urls_of(&inner.sets), request)
         };
         if sets.is_empty() {
             lock(&self.inner).witnessed = true;
@@ -694,16 +732,8 @@ impl VersionAnchor for QuorumAnchor {
         let answers = answers_of(&sets, &urls, self.transport.call_all(&urls, &request));
         for (witness, answer) in &answers {
             let halt = match answer {
-                Ok(Outcome::Fork(held)) => format!(
-                    "forked: witness {} holds version {} with another state than this KMS committed",
-                    name(witness),
-                    held.version
-                ),
-                Ok(Outcome::Stale(held)) => format!(
-                    "behind: witness {} holds version {} of this KMS, newer than its {version}: another copy of this state runs, or this one was rolled back",
-                    name(witness),
-                    held.version
-                ),
+                Ok(Outcome::Fork(held)) => forked(&name(witness), held.version),
+                Ok(Outcome::Stale(held)) => behind(&name(witness), held.version, version),
                 _ => continue,
             };
             lock(&self.inner).halted = Some(halt.clone());
@@ -760,7 +790,7 @@ impl QuorumHandle {
                 }
             }
             let mut urls: BTreeSet<String> = inner.peers.clone();
-            urls.extend(inner.urls(&inner.sets));
+            urls.extend(urls_of(&inner.sets));
             let request = WitnessRequest::Query {
                 instance: hex::encode(inner.instance),
             };
@@ -778,15 +808,9 @@ impl QuorumHandle {
             };
             if let Outcome::Held(Some(held)) = outcome {
                 let halt = if held.version > inner.version {
-                    Some(format!(
-                        "behind: witness {url} holds version {} of this KMS, newer than its {}: another copy of this state runs, or this one was rolled back",
-                        held.version, inner.version
-                    ))
+                    Some(behind(url, held.version, inner.version))
                 } else if held.version == inner.version && held.state != inner.state {
-                    Some(format!(
-                        "forked: witness {url} holds version {} with another state than this KMS committed",
-                        held.version
-                    ))
+                    Some(forked(url, held.version))
                 } else {
                     None
                 };

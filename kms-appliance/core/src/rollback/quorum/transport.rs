@@ -88,15 +88,7 @@ async fn call(
             String::from_utf8_lossy(&reply[..reply.len().min(300)])
         )
     })?;
-    let held = reply.held.as_ref().map(|h| h.parse()).transpose()?;
-    let outcome = match (status.as_u16(), reply.refused.as_deref(), held) {
-        (200, None, held) => Outcome::Held(held),
-        (409, Some("witness_fork"), Some(held)) => Outcome::Fork(held),
-        (409, Some("witness_stale"), Some(held)) => Outcome::Stale(held),
-        (code, refused, _) => {
-            return Err(format!("unexpected answer {code} (refused: {refused:?})"))
-        }
-    };
+    let outcome = reply.outcome(status.as_u16())?;
     Ok((incarnation, outcome))
 }
 
