@@ -42,6 +42,9 @@ test: deps
 	COFFER_HUB_TEST_DATABASE=postgres cargo test --locked -p coffer-hub --tests
 	@echo "make: the KMS rollback anchor on a TPM NV counter (feature tpm, against swtpm)"
 	cargo test --locked -p coffer-kms --all-features --test rollback tpm::
+	@echo "make: the KMS shared store of replicated deployments (feature postgres, a private server per test)"
+	cargo build --locked -p coffer-kms --features postgres --example kms-crash-writer
+	cargo test --locked -p coffer-kms --features postgres --test shared_store --test crash shared
 	@echo "make: CLI and QEMU tier (tests/)"
 	cargo test --locked -p coffer-tests -- --test-threads 2
 
@@ -49,6 +52,8 @@ test-unit: deps
 	cargo test --locked --workspace --exclude coffer-tests
 	COFFER_HUB_TEST_DATABASE=postgres cargo test --locked -p coffer-hub --tests
 	cargo test --locked -p coffer-kms --all-features --test rollback tpm::
+	cargo build --locked -p coffer-kms --features postgres --example kms-crash-writer
+	cargo test --locked -p coffer-kms --features postgres --test shared_store --test crash shared
 
 test-qemu: deps
 	cargo test --locked -p coffer-tests --test qemu -- --test-threads 2

@@ -38,7 +38,7 @@ use coffer_evidence::EvidenceProvider;
 use coffer_kms::api::AuditJournal;
 use coffer_kms::api::REPLICA_SNAPSHOT_PATH;
 use coffer_kms::rollback::quorum::transport::EndpointTransport;
-use coffer_kms::rollback::quorum::{QuorumAnchor, QuorumHandle, WitnessTable};
+use coffer_kms::rollback::quorum::{QuorumAnchor, QuorumHandle, Survey, WitnessTable};
 use coffer_kms::rollback::Unanchored;
 use coffer_kms::store::{Location, SealingKey, Store};
 use coffer_kms::{Authorizer, AuthzConfig, Kms, KmsApi, Snapshot};
@@ -189,11 +189,17 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
     };
     // List the peers that answer now as this state's witnesses before serving anything.
     match quorum.survey(&witness.reporters()) {
-        Ok(true) => {
+        Ok(Survey::NewSet) => {
             kms.advance_state()
                 .map_err(|e| format!("rollback witnesses: {e}"))?;
         }
-        Ok(false) => {}
+        Ok(Survey::Unchanged) => {}
+        Ok(Survey::Behind { version, witness }) => {
+            kms.sync().map_err(|e| format!("refusing to serve: {e}"))?;
+            quorum
+                .synced(version, &witness)
+                .map_err(|halt| format!("refusing to serve: {halt}"))?;
+        }
         Err(halt) => return Err(format!("refusing to serve: {halt}")),
     }
     if quorum.witnesses().is_empty() {
@@ -266,8 +272,27 @@ async fn survey_witnesses(quorum: QuorumHandle, witness: Arc<WitnessTable>, api:
         tick.tick().await;
         let (handle, reporters) = (quorum.clone(), witness.reporters());
         match tokio::task::spawn_blocking(move || handle.survey(&reporters)).await {
-            Ok(Ok(false)) => {}
-            Ok(Ok(true)) => {
+            Ok(Ok(Survey::Unchanged)) => {}
+            Ok(Ok(Survey::Behind { version, witness })) => {
+                // Another replica of a shared store wrote: take it in, then the store must be
+                // at least as new as what the witness holds.
+                let mut kms = api.kms().clone().lock_owned().await;
+                let synced = tokio::task::spawn_blocking(move || kms.sync()).await;
+                match synced {
+                    Ok(Ok(_)) => {
+                        if let Err(halt) = quorum.synced(version, &witness) {
+                            tracing::error!(%halt, "rollback witnesses: this KMS must not serve; stopping");
+                            std::process::exit(1);
+                        }
+                    }
+                    // Unreachable store: the next survey asks again.
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "shared store: cannot take in other replicas' writes yet")
+                    }
+                    Err(e) => tracing::error!(error = %e, "shared store: sync task failed"),
+                }
+            }
+            Ok(Ok(Survey::NewSet)) => {
                 let mut kms = api.kms().clone().lock_owned().await;
                 let done = tokio::task::spawn_blocking(move || {
                     kms.advance_state().map(|version| (version, kms.anchor()))

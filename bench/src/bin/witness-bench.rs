@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use coffer_kms::rollback::quorum::transport::EndpointTransport;
-use coffer_kms::rollback::quorum::{QuorumAnchor, WitnessTable};
+use coffer_kms::rollback::quorum::{QuorumAnchor, Survey, WitnessTable};
 use coffer_kms::rollback::Unanchored;
 use coffer_kms::{Kms, OrgId};
 use coffer_mesh::endpoint::serve_endpoint_with;
@@ -102,7 +102,7 @@ fn main() -> anyhow::Result<()> {
             let (anchor, handle) =
                 QuorumAnchor::new(transport.clone(), urls[..witnesses].to_vec(), None)?;
             let mut kms = Kms::open(&path, sealed.as_ref(), Box::new(anchor))?;
-            if handle.survey(&[]).map_err(anyhow::Error::msg)? {
+            if handle.survey(&[]).map_err(anyhow::Error::msg)? == Survey::NewSet {
                 kms.advance_state()?;
             }
             anyhow::ensure!(

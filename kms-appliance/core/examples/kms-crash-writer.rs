@@ -9,7 +9,8 @@
 //!
 //! The test kills it with SIGKILL at random points and checks that everything printed survived.
 //! Usage: `kms-crash-writer STORE SIM_DIR MEASUREMENT_HEX`; STORE is a file, or `disk:PATH` for
-//! a data disk (a raw device or a fixed-size file, see `coffer_kms::store::disk`).
+//! a data disk (a raw device or a fixed-size file, see `coffer_kms::store::disk`), or (feature
+//! `postgres`) `postgres:LOCAL_FILE,URL` for a replica of a shared store.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -41,15 +42,14 @@ fn main() -> anyhow::Result<()> {
         },
     );
     // Crash safety, not rollback, is under test here: no anchor.
-    let location = match store.strip_prefix("disk:") {
-        Some(device) => Location::Disk(PathBuf::from(device)),
-        None => Location::File(PathBuf::from(store)),
-    };
-    let mut kms = Kms::open(
-        location.clone(),
-        &platform,
-        Box::new(Unanchored::accepting_rollback()),
-    )
+    let anchor = Box::new(Unanchored::accepting_rollback());
+    let mut kms = if let Some(device) = store.strip_prefix("disk:") {
+        Kms::open(Location::Disk(PathBuf::from(device)), &platform, anchor)
+    } else if let Some(shared) = store.strip_prefix("postgres:") {
+        open_shared(shared, &platform, anchor)?
+    } else {
+        Kms::open(Location::File(PathBuf::from(store)), &platform, anchor)
+    }
     .context("opening the store")?;
     let orgs: Vec<OrgId> = ["org-a", "org-b", "org-c"]
         .into_iter()
@@ -75,4 +75,29 @@ fn main() -> anyhow::Result<()> {
         out.flush()?;
     }
     Ok(())
+}
+
+#[cfg(feature = "postgres")]
+fn open_shared(
+    shared: &str,
+    platform: &SimService,
+    anchor: Box<Unanchored>,
+) -> anyhow::Result<Result<Kms, coffer_kms::KmsError>> {
+    let (local, url) = shared.split_once(',').context("postgres:LOCAL_FILE,URL")?;
+    let sealing = coffer_kms::store::SealingKey::from_platform(platform)?;
+    Ok(Kms::open_shared(
+        &PathBuf::from(local),
+        sealing,
+        Location::Postgres(url.to_owned()),
+        anchor,
+    ))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn open_shared(
+    _: &str,
+    _: &SimService,
+    _: Box<Unanchored>,
+) -> anyhow::Result<Result<Kms, coffer_kms::KmsError>> {
+    bail!("a shared store needs the postgres feature")
 }

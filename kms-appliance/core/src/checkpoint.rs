@@ -40,7 +40,6 @@ use std::fmt;
 use coffer_tlog::merkle::{empty_root, verify_consistency, Hash};
 use coffer_tlog::note::{KeyError as NoteKeyError, Note, NoteError, NoteSigner, VerifierKey};
 use coffer_tlog::{Checkpoint, MalformedCheckpoint, ProofError};
-use hkdf::Hkdf;
 use sha2::{Digest as _, Sha256, Sha512};
 use zeroize::Zeroizing;
 
@@ -137,12 +136,9 @@ pub enum CheckpointError {
         /// What the proof check found.
         reason: Box<ProofError>,
     },
-    /// Deriving the signing key failed.
-    #[error("deriving the audit checkpoint signing key: {reason}")]
-    Derive {
-        /// What failed.
-        reason: String,
-    },
+    /// The KMS state could not be read or written.
+    #[error("the KMS state: {0}")]
+    State(Box<crate::KmsError>),
     /// The signing key or its name was refused.
     #[error("audit checkpoint signing key: {0}")]
     Key(#[from] NoteKeyError),
@@ -163,20 +159,14 @@ pub enum CheckpointError {
 }
 
 /// The Ed25519 seed of the checkpoint signer: HKDF-SHA256(root key, info).
-fn derive_seed(root: &RootKey) -> Result<Zeroizing<[u8; 32]>, CheckpointError> {
-    let mut seed = Zeroizing::new([0u8; 32]);
-    Hkdf::<Sha256>::new(None, root.bytes())
-        .expand(SIGNER_HKDF_INFO, seed.as_mut())
-        .map_err(|e| CheckpointError::Derive {
-            reason: e.to_string(),
-        })?;
-    Ok(seed)
+fn derive_seed(root: &RootKey) -> Zeroizing<[u8; 32]> {
+    root.derive(SIGNER_HKDF_INFO)
 }
 
 /// The checkpoint signer's Ed25519 public key for `root` (the same for every origin).
 pub fn signer_public_key(root: &RootKey) -> Result<[u8; 32], CheckpointError> {
     // Any valid name: the public key does not depend on it.
-    let signer = NoteSigner::ed25519_from_seed("coffer-kms", derive_seed(root)?)?;
+    let signer = NoteSigner::ed25519_from_seed("coffer-kms", derive_seed(root))?;
     Ok(*signer.public_key())
 }
 
@@ -241,13 +231,12 @@ impl CheckpointSigner {
         last: Option<SignedCheckpoint>,
     ) -> Result<Self, CheckpointError> {
         let name = signer_key_name(origin);
-        let signer =
-            NoteSigner::ed25519_from_seed(&name, derive_seed(root)?).map_err(|reason| {
-                CheckpointError::BadOrigin {
-                    origin: origin.to_owned(),
-                    reason,
-                }
-            })?;
+        let signer = NoteSigner::ed25519_from_seed(&name, derive_seed(root)).map_err(|reason| {
+            CheckpointError::BadOrigin {
+                origin: origin.to_owned(),
+                reason,
+            }
+        })?;
         if let Some(last) = &last {
             if last.checkpoint.origin() != origin {
                 return Err(CheckpointError::WrongOrigin {
@@ -365,3 +354,12 @@ impl CheckpointSigner {
 /// `POST` JSON `{"token": CHECKPOINT_REQUEST_TYP JWT, "checkpoint": text, "proof": [base64
 /// hash, ...]}`; the answer is the checkpoint note signed by the KMS.
 pub const COSIGN_PATH: &str = "/.well-known/coffer/audit/checkpoint";
+
+impl From<crate::KmsError> for CheckpointError {
+    fn from(e: crate::KmsError) -> Self {
+        match e {
+            crate::KmsError::Store(e) => Self::Store(e),
+            other => Self::State(Box::new(other)),
+        }
+    }
+}

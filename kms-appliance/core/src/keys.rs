@@ -234,6 +234,17 @@ impl RootKey {
         &self.key
     }
 
+    /// A key derived from the root key for one purpose (HKDF-SHA-256, no salt, `info` naming
+    /// the purpose): whoever holds the root key (a replica, or a KMS restored by the recovery
+    /// officers) derives the same one.
+    pub(crate) fn derive(&self, info: &[u8]) -> Zeroizing<[u8; KEY_LEN]> {
+        let hkdf = hkdf::Hkdf::<sha2::Sha256>::new(None, self.key.as_ref());
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        // 32 bytes is far below HKDF-SHA-256's limit: expand cannot fail.
+        let _ = hkdf.expand(info, key.as_mut());
+        key
+    }
+
     /// Wraps `kek` under this root key, bound to its org and version.
     pub fn wrap_kek(&self, kek: &Kek) -> Result<WrappedKek, KeyError> {
         let aad = kek_aad(&kek.org, kek.version);

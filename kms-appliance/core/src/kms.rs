@@ -12,7 +12,7 @@ use coffer_evidence::EvidenceProvider;
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{DataKey, Kek, KeyError, KeyId, OrgId, RootKey, WrappedDataKey, WrappedKek};
-use crate::rollback::VersionAnchor;
+use crate::rollback::{Unanchored, VersionAnchor};
 use crate::store::{Batch, Location, SealingKey, Store, StoreError, Table, Verified};
 
 const ROOT_KEY: &str = "root";
@@ -173,9 +173,17 @@ fn from_json<T: for<'de> Deserialize<'de>>(record: &str, bytes: &[u8]) -> Result
     })
 }
 
+/// The HKDF info that derives a shared store's sealing key from the root key.
+const SHARED_STATE_KEY_INFO: &[u8] = b"coffer-kms shared state v1";
+
 /// The key management service's core: open one per store.
 pub struct Kms {
+    /// Every record: the only store of a single KMS; the store shared by all replicas of a
+    /// replicated deployment ([`Kms::open_shared`]).
     store: Store,
+    /// A replicated deployment's own store (its data disk, platform-sealed): the root key only,
+    /// from which the shared store's key is derived.
+    local: Option<Store>,
     root: RootKey,
     orgs: BTreeMap<OrgId, OrgKeyInfo>,
     keks: BTreeMap<(OrgId, u32), WrappedKek>,
@@ -187,6 +195,7 @@ impl std::fmt::Debug for Kms {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Kms")
             .field("store", &self.store)
+            .field("local", &self.local.as_ref().map(Store::name))
             .field("orgs", &self.orgs.len())
             .field("root", &self.root)
             .finish()
@@ -230,8 +239,87 @@ impl Kms {
                 root
             }
         };
+        Self::with_stores(store, None, root)
+    }
+
+    /// Opens a replica of a replicated deployment: the root key from this replica's own store
+    /// at `local` (platform-sealed, as [`Kms::open_with_key`]), everything else from the store
+    /// at `shared` that every replica reads and writes (PostgreSQL), sealed under a key derived
+    /// from the root key and checked against `anchor`.
+    ///
+    /// The first replica of a deployment (its own store and the shared one both new) draws the
+    /// root key; any other must [join](Kms::join_shared): a root key of its own does not open
+    /// the shared store, and it is then not kept.
+    pub fn open_shared(
+        local: impl Into<Location>,
+        sealing: SealingKey,
+        shared: Location,
+        anchor: Box<dyn VersionAnchor>,
+    ) -> Result<Self, KmsError> {
+        let own = Store::open(local, sealing, Box::new(Unanchored::accepting_rollback()))?;
+        match own.get(Table::Meta, ROOT_KEY)? {
+            Some(bytes) => {
+                let root = RootKey::from_bytes(&bytes)?;
+                let store = Self::open_shared_store(shared, &root, anchor)?;
+                Self::with_stores(store, Some(own), root)
+            }
+            None => Self::start_shared(own, shared, anchor, RootKey::generate()?),
+        }
+    }
+
+    /// Opens (or creates) the shared store under `root`, then keeps `root` in this replica's own,
+    /// empty store: a root key that does not open the shared store is never kept.
+    fn start_shared(
+        mut own: Store,
+        shared: Location,
+        anchor: Box<dyn VersionAnchor>,
+        root: RootKey,
+    ) -> Result<Self, KmsError> {
+        if !own.is_empty()? {
+            return Err(KmsError::Record {
+                record: own.name().to_owned(),
+                reason: "already holds a KMS state: refusing to write over it".into(),
+            });
+        }
+        let store = Self::open_shared_store(shared, &root, anchor)?;
+        let mut batch = Batch::new();
+        batch.put(Table::Meta, ROOT_KEY, root.bytes());
+        own.commit(batch)?;
+        Self::with_stores(store, Some(own), root)
+    }
+
+    fn open_shared_store(
+        shared: Location,
+        root: &RootKey,
+        anchor: Box<dyn VersionAnchor>,
+    ) -> Result<Store, KmsError> {
+        let sealing = SealingKey::shared(root.derive(SHARED_STATE_KEY_INFO));
+        Store::open(shared, sealing, anchor).map_err(|e| match e {
+            StoreError::SealedByAnotherKey { store, .. } => KmsError::Record {
+                record: store,
+                reason: "the shared store is sealed under another root key: this replica must join the deployment's KMS (a blank data disk and --kms-join), not start one of its own".into(),
+            },
+            other => other.into(),
+        })
+    }
+
+    /// Reads the org and KEK records and the last audit checkpoint into memory.
+    fn with_stores(store: Store, local: Option<Store>, root: RootKey) -> Result<Self, KmsError> {
+        let mut kms = Self {
+            store,
+            local,
+            root,
+            orgs: BTreeMap::new(),
+            keks: BTreeMap::new(),
+            audit_checkpoint: None,
+        };
+        kms.load()?;
+        Ok(kms)
+    }
+
+    fn load(&mut self) -> Result<(), KmsError> {
         let mut orgs = BTreeMap::new();
-        for (key, bytes) in store.scan(Table::Orgs, "")? {
+        for (key, bytes) in self.store.scan(Table::Orgs, "")? {
             let record = format!("orgs/{key}");
             let info: OrgKeyInfo = from_json(&record, &bytes)?;
             if info.org.as_str() != key {
@@ -243,7 +331,7 @@ impl Kms {
             orgs.insert(info.org.clone(), info);
         }
         let mut keks = BTreeMap::new();
-        for (key, bytes) in store.scan(Table::Keks, "")? {
+        for (key, bytes) in self.store.scan(Table::Keks, "")? {
             let record = format!("keks/{key}");
             let wrapped: WrappedKek = from_json(&record, &bytes)?;
             if kek_record_key(&wrapped.org, wrapped.version) != key {
@@ -254,13 +342,48 @@ impl Kms {
             }
             keks.insert((wrapped.org.clone(), wrapped.version), wrapped);
         }
-        Ok(Self {
-            audit_checkpoint: checkpoint_state::load(&store)?,
-            store,
-            root,
-            orgs,
-            keks,
-        })
+        self.audit_checkpoint = checkpoint_state::load(&self.store)?;
+        self.orgs = orgs;
+        self.keks = keks;
+        Ok(())
+    }
+
+    /// A replica of a replicated deployment: takes in what other replicas wrote since this one
+    /// last read the shared store (checked as at open, never an older state), and returns
+    /// whether anything moved. Called before every write, and by the appliance every second and
+    /// when a key is not found. A single KMS has nothing to take in: `false`.
+    pub fn sync(&mut self) -> Result<bool, KmsError> {
+        if !self.store.sync()? {
+            return Ok(false);
+        }
+        self.load()?;
+        Ok(true)
+    }
+
+    /// Whether other replicas write this KMS's state too ([`Kms::open_shared`]).
+    pub fn is_shared(&self) -> bool {
+        self.store.is_shared()
+    }
+
+    /// Runs the write `op` on the newest state: a replica of a shared store takes the writers'
+    /// lock and takes in what others wrote first, so `op`'s checks (the org exists, the version
+    /// is current) are made on the state it writes over.
+    fn writing<T, E: From<KmsError>>(
+        &mut self,
+        op: impl FnOnce(&mut Self) -> Result<T, E>,
+    ) -> Result<T, E> {
+        if !self.store.is_shared() {
+            return op(self);
+        }
+        if let Err(e) = self.store.lock_writers() {
+            return Err(KmsError::from(e).into());
+        }
+        let result = match self.sync() {
+            Ok(_) => op(self),
+            Err(e) => Err(e.into()),
+        };
+        self.store.unlock_writers();
+        result
     }
 
     /// The store's state version.
@@ -272,7 +395,7 @@ impl Kms {
     /// seal what it keeps in the state (the quorum anchor: a new witness set, see
     /// [`crate::rollback::quorum::QuorumHandle::survey`]). Returns the new version.
     pub fn advance_state(&mut self) -> Result<u64, KmsError> {
-        Ok(self.store.commit(Batch::new())?)
+        self.writing(|kms| Ok(kms.store.commit(Batch::new())?))
     }
 
     /// The rollback anchor, as it describes itself (which witnesses, what they hold).
@@ -392,6 +515,10 @@ impl Kms {
 
     /// Creates `org`'s KEK (version 1). Durable when it returns.
     pub fn create_org_key(&mut self, org: &OrgId) -> Result<u32, KmsError> {
+        self.writing(|kms| kms.create_org_key_once(org))
+    }
+
+    fn create_org_key_once(&mut self, org: &OrgId) -> Result<u32, KmsError> {
         if let Some(info) = self.orgs.get(org) {
             return Err(match info.destroyed_at {
                 Some(at) => KmsError::OrgDestroyed {
@@ -417,6 +544,10 @@ impl Kms {
     /// retired. Returns the new version. Existing data keys move to it in bulk
     /// ([`Kms::rewrap_data_keys`]) or lazily, as each is unwrapped ([`Kms::unwrap_and_rewrap`]).
     pub fn rotate_org_key(&mut self, org: &OrgId) -> Result<u32, KmsError> {
+        self.writing(|kms| kms.rotate_org_key_once(org))
+    }
+
+    fn rotate_org_key_once(&mut self, org: &OrgId) -> Result<u32, KmsError> {
         let mut info = self.live_org(org)?.clone();
         let next = info
             .versions
@@ -443,6 +574,10 @@ impl Kms {
     /// Retires a previous KEK version: its wrapped KEK is erased from the state, and the data
     /// keys it wrapped no longer unwrap.
     pub fn retire_org_key_version(&mut self, org: &OrgId, version: u32) -> Result<(), KmsError> {
+        self.writing(|kms| kms.retire_org_key_version_once(org, version))
+    }
+
+    fn retire_org_key_version_once(&mut self, org: &OrgId, version: u32) -> Result<(), KmsError> {
         let mut info = self.live_org(org)?.clone();
         let at = self.store.version() + 1;
         let status = info
@@ -486,6 +621,10 @@ impl Kms {
     /// it never reads freed pages and refuses any state older than the anchor. So shredding is
     /// exactly as strong as the rollback defence ([`crate::rollback`]).
     pub fn destroy_org_key(&mut self, org: &OrgId) -> Result<(), KmsError> {
+        self.writing(|kms| kms.destroy_org_key_once(org))
+    }
+
+    fn destroy_org_key_once(&mut self, org: &OrgId) -> Result<(), KmsError> {
         let mut info = self.live_org(org)?.clone();
         let at = self.store.version() + 1;
         let mut batch = Batch::new();
@@ -513,6 +652,13 @@ impl Kms {
     /// the caller to use and drop) and wrapped (for the caller to keep). Durable when it
     /// returns: the key will unwrap after any crash.
     pub fn generate_data_key(
+        &mut self,
+        org: &OrgId,
+    ) -> Result<(DataKey, WrappedDataKey), KmsError> {
+        self.writing(|kms| kms.generate_data_key_once(org))
+    }
+
+    fn generate_data_key_once(
         &mut self,
         org: &OrgId,
     ) -> Result<(DataKey, WrappedDataKey), KmsError> {
@@ -569,6 +715,10 @@ impl Kms {
     /// the previous versions can be retired once callers have the new wrappings too. Records
     /// under a retired version cannot be re-wrapped (their KEK is gone) and are counted.
     pub fn rewrap_data_keys(&mut self, org: &OrgId, limit: usize) -> Result<Rewrap, KmsError> {
+        self.writing(|kms| kms.rewrap_data_keys_once(org, limit))
+    }
+
+    fn rewrap_data_keys_once(&mut self, org: &OrgId, limit: usize) -> Result<Rewrap, KmsError> {
         let current = self
             .live_org(org)?
             .current

@@ -46,7 +46,16 @@ pub enum AnchorError {
         /// What went wrong.
         reason: String,
     },
-    /// The anchor refuses: the state cannot be shown to be the newest, or was shown not to be.
+    /// Not every part of the anchor answered, so the state cannot be shown to be the newest
+    /// yet (witnesses still booting, or gone).
+    #[error("rollback anchor {anchor}: {reason}")]
+    Unanswered {
+        /// Which anchor.
+        anchor: String,
+        /// Which parts did not answer, and why.
+        reason: String,
+    },
+    /// The anchor refuses: the state was shown not to be the newest, or cannot be shown to be.
     #[error("rollback anchor {anchor}: {reason}")]
     Refused {
         /// Which anchor.

@@ -1,5 +1,7 @@
-//! Sealed state on untrusted storage: a [`redb`] file on the VM's data disk in which every
-//! record is AES-256-GCM-sealed under a key only this KMS image can derive.
+//! Sealed state on untrusted storage: records AES-256-GCM-sealed under a key only this KMS image
+//! can derive, kept by a [`Backend`] that is trusted for nothing but keeping bytes: a [`redb`]
+//! database on the VM's data disk (or in a file) by default, or a PostgreSQL database shared
+//! by the replicas of a deployment ([`postgres`], feature `postgres`).
 //!
 //! **The sealing key** comes from the platform ([`SealingKey::from_platform`]:
 //! `EvidenceProvider::sealing_key(b"coffer-kms state v1")`): on SEV-SNP the firmware's derived
@@ -19,21 +21,29 @@
 //! and the set of records is exactly the committed one (nothing deleted, added, or swapped for
 //! an older sealed copy). Only then is the store used. [`Store::verify`] repeats the record checks on demand.
 //!
-//! **Durability:** every [`Store::commit`] is one redb write transaction with
-//! `Durability::Immediate` (data and the new root are fsynced before it returns); a crash leaves
-//! the previous or the new state, never a mix. Then the anchor advances, then the caller may
-//! acknowledge.
+//! **Durability:** every [`Store::commit`] is one backend transaction, durable when it returns
+//! (redb: `Durability::Immediate`, data and the new root fsynced; PostgreSQL: COMMIT); a crash
+//! leaves the previous or the new state, never a mix. Then the anchor advances, then the caller
+//! may acknowledge.
 //!
-//! **Trusts:** the platform for the sealing key, the anchor for the newest version, and redb for
-//! atomicity and durability (not for integrity: a redb file the host rewrote is caught by the
-//! checks above). Record *sizes* and *counts* and the table and key names (org ids, key ids) are
-//! visible to the host: keys are names, not secrets.
+//! **A shared store** (PostgreSQL) is sealed under a key derived from the root key, which every
+//! replica holds in its own platform-sealed store ([`crate::Kms::open_shared`]): the platform
+//! keys of two chips differ. Replicas write one at a time under the database's writers' lock
+//! ([`Store::lock_writers`], held across the commit and the anchor, so witnesses see versions
+//! in order), and each write first checks that the state record is still the one this process
+//! read ([`StoreError::Moved`]). A replica takes in the others' writes with [`Store::sync`],
+//! which checks the new state as an open does and never accepts an older one.
+//!
+//! **Trusts:** the platform for the sealing key (and, for a shared store, the replicas' join
+//! for the root key), the anchor for the newest version, and the backend for atomicity and
+//! durability (not for integrity: records the host rewrote are caught by the checks above).
+//! Record *sizes* and *counts* and the table and key names (org ids, key ids) are visible to the
+//! host: keys are names, not secrets.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use coffer_evidence::{EvidenceError, EvidenceProvider};
-use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
@@ -42,8 +52,11 @@ use crate::digest::StateDigest;
 use crate::rollback::{self, AnchorError, Verdict, VersionAnchor};
 
 pub mod disk;
+mod embedded;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 
-use self::disk::{DiskBackend, DiskError, Status};
+use self::disk::DiskError;
 
 /// Where a store lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,14 +65,26 @@ pub enum Location {
     File(PathBuf),
     /// A raw block device, the appliance's data disk ([`disk`]): no filesystem.
     Disk(PathBuf),
+    /// A PostgreSQL database shared by the replicas of one deployment ([`postgres`]): the
+    /// connection URL.
+    #[cfg(feature = "postgres")]
+    Postgres(String),
 }
 
 impl Location {
-    /// The file or device.
-    pub fn path(&self) -> &Path {
+    /// The store's name for messages: the path, or the database URL without its password.
+    pub fn describe(&self) -> String {
         match self {
-            Location::File(p) | Location::Disk(p) => p,
+            Location::File(p) | Location::Disk(p) => p.display().to_string(),
+            #[cfg(feature = "postgres")]
+            Location::Postgres(url) => postgres::redacted(url),
         }
+    }
+
+    /// Whether several KMS processes write this store (so a write checks first that no other
+    /// replica wrote since: [`StoreError::Moved`]).
+    pub fn is_shared(&self) -> bool {
+        !matches!(self, Location::File(_) | Location::Disk(_))
     }
 }
 
@@ -77,16 +102,15 @@ impl From<&PathBuf> for Location {
 
 /// The context of the platform sealing key for the KMS state.
 pub const SEALING_CONTEXT: &[u8] = b"coffer-kms state v1";
+/// How long opening a shared store waits for the witnesses its state lists.
+const SHARED_OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// The format byte of every sealed record this version writes.
 pub const RECORD_FORMAT: u8 = 1;
 
 const RECORD_AAD_LABEL: &str = "coffer-kms record v1";
 const SEALING_KEY_ID_LABEL: &[u8] = b"coffer-kms sealing key id v1\0";
 
-/// The one table that is not sealed: it holds the sealing key's id (a hash, not the key) so a
-/// store opened with another key says so instead of reporting tampering. It decides nothing:
-/// a forged id only changes which error the refusal carries.
-const HEADER: TableDefinition<&str, &[u8]> = TableDefinition::new("header");
+/// The header's one entry, the sealing key's id (see [`Backend::header`]).
 const HEADER_SEALING_KEY_ID: &str = "sealing-key-id";
 /// The state record's key in [`Table::Meta`]; it is outside the digest it carries.
 const STATE_KEY: &str = "state";
@@ -122,10 +146,6 @@ impl Table {
             Table::Deks => "deks",
         }
     }
-
-    fn def(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
-        TableDefinition::new(self.name())
-    }
 }
 
 /// Why the store could not be opened, read or written.
@@ -135,20 +155,28 @@ pub enum StoreError {
     #[error("the platform gave no sealing key for the KMS state: {0}")]
     SealingKey(#[source] EvidenceError),
     /// The database file could not be used.
-    #[error("{path}: {op}: {reason}")]
+    #[error("{store}: {op}: {reason}")]
     Db {
-        /// The store file.
-        path: PathBuf,
+        /// The store ([`Location::describe`]).
+        store: String,
         /// The operation.
         op: &'static str,
-        /// What redb said.
+        /// What the database said.
         reason: String,
     },
+    /// A shared store's state moved on since this process read it: another replica wrote
+    /// without the writers' lock (which [`crate::Kms`] takes around every write). Nothing was
+    /// written.
+    #[error("{store}: another KMS replica wrote since this one read the state, despite the writers' lock; nothing was written")]
+    Moved {
+        /// The store.
+        store: String,
+    },
     /// The store was sealed under another key: another measurement, policy or platform.
-    #[error("{path} was sealed by another KMS image or platform (sealing key id {found}, this guest's is {ours}): refusing to open it")]
+    #[error("{store} was sealed by another KMS image or platform (sealing key id {found}, this guest's is {ours}): refusing to open it")]
     SealedByAnotherKey {
-        /// The store file.
-        path: PathBuf,
+        /// The store ([`Location::describe`]).
+        store: String,
         /// The key id in the store's header.
         found: String,
         /// This guest's sealing key id.
@@ -163,10 +191,10 @@ pub enum StoreError {
         reason: String,
     },
     /// The set of records is not the one committed.
-    #[error("{path}: the records are not the set committed at state version {version}: a record was deleted, added, or replaced by an older sealed copy ({records} records found)")]
+    #[error("{store}: the records are not the set committed at state version {version}: a record was deleted, added, or replaced by an older sealed copy ({records} records found)")]
     DigestMismatch {
-        /// The store file.
-        path: PathBuf,
+        /// The store ([`Location::describe`]).
+        store: String,
         /// The state version whose digest does not match.
         version: u64,
         /// How many records were found.
@@ -176,10 +204,10 @@ pub enum StoreError {
     #[error(transparent)]
     Disk(#[from] DiskError),
     /// The store is older than the anchor.
-    #[error("{path} was rolled back: state version {state} < anchor {anchor} ({anchor_name}); refusing to serve from it")]
+    #[error("{store} was rolled back: state version {state} < anchor {anchor} ({anchor_name}); refusing to serve from it")]
     RolledBack {
-        /// The store file.
-        path: PathBuf,
+        /// The store ([`Location::describe`]).
+        store: String,
         /// The store's state version.
         state: u64,
         /// The anchor's version.
@@ -188,10 +216,10 @@ pub enum StoreError {
         anchor_name: String,
     },
     /// No store, but the anchor shows one existed.
-    #[error("{path} holds no KMS state, but the anchor ({anchor_name}) is at version {anchor}: the store was deleted or replaced by an empty one (or the KMS crashed inside its very first initialisation); refusing to start afresh")]
+    #[error("{store} holds no KMS state, but the anchor ({anchor_name}) is at version {anchor}: the store was deleted or replaced by an empty one (or the KMS crashed inside its very first initialisation); refusing to start afresh")]
     StateMissing {
-        /// The store file.
-        path: PathBuf,
+        /// The store ([`Location::describe`]).
+        store: String,
         /// The anchor's version.
         anchor: u64,
         /// Which anchor.
@@ -254,6 +282,13 @@ impl SealingKey {
             .sealing_key(SEALING_CONTEXT)
             .map_err(StoreError::SealingKey)?;
         Ok(Self { key })
+    }
+
+    /// The key of a store shared by the replicas of one deployment, whose platform keys differ
+    /// (each chip derives its own): derived from the root key they share
+    /// ([`crate::keys::RootKey::shared_state_key`]).
+    pub(crate) fn shared(key: Zeroizing<[u8; KEY_LEN]>) -> Self {
+        Self { key }
     }
 
     /// A public id of the key: the first 16 bytes of SHA-256(label ‖ key). It tells two keys
@@ -390,104 +425,84 @@ pub struct Verified {
     pub records: usize,
 }
 
+/// One record a commit writes (`sealed`) or removes (`None`).
+pub(crate) struct Change {
+    table: Table,
+    key: String,
+    sealed: Option<Vec<u8>>,
+}
+
+/// Where the sealed records are kept: the embedded database ([`embedded`]) or PostgreSQL
+/// ([`postgres`]). A backend stores bytes and makes writes atomic and durable; it checks
+/// nothing else. Everything it returns is checked by the [`Store`].
+pub(crate) trait Backend: Send {
+    /// The store's name for messages.
+    fn name(&self) -> &str;
+
+    /// The sealing key's id in the store's one unsealed entry (a hash, not the key), so that a
+    /// store opened with another key says so instead of reporting tampering. It decides
+    /// nothing: a forged id only changes which error the refusal carries.
+    fn header(&self) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The sealed record `table/key`.
+    fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every sealed record of `table` whose key starts with `prefix`, in key order.
+    fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// How many records `table` holds.
+    fn len(&self, table: Table) -> Result<u64, StoreError>;
+
+    /// Replaces the state record, which must still be `expected` (else [`StoreError::Moved`],
+    /// nothing written), by `state`, with `changes`: all or nothing, durable when it returns.
+    fn write(
+        &mut self,
+        expected: &[u8],
+        changes: &[Change],
+        state: &[u8],
+    ) -> Result<(), StoreError>;
+
+    /// Shared backends: waits for the writers' lock of the store, held until
+    /// [`Backend::unlock`], so that replicas commit, and tell their witnesses, one at a time.
+    fn lock(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Releases [`Backend::lock`].
+    fn unlock(&mut self) {}
+}
+
 /// An open, verified KMS store.
 pub struct Store {
-    db: Database,
-    path: PathBuf,
+    backend: Box<dyn Backend>,
+    shared: bool,
     sealing: SealingKey,
     anchor: Box<dyn VersionAnchor>,
     version: u64,
     digest: StateDigest,
+    /// The sealed state record last opened or written (what a write expects to replace).
+    state: Vec<u8>,
+    /// Whether this process holds the writers' lock ([`Store::lock_writers`]).
+    holding: bool,
 }
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Store")
-            .field("path", &self.path)
+            .field("store", &self.backend.name())
             .field("version", &self.version)
             .field("anchor", &self.anchor.describe())
             .finish_non_exhaustive()
     }
 }
 
-fn db_error(path: &Path, op: &'static str) -> impl Fn(redb::Error) -> StoreError {
-    let path = path.to_owned();
-    move |e| StoreError::Db {
-        path: path.clone(),
-        op,
-        reason: e.to_string(),
-    }
-}
-
-fn io_error(path: &Path, op: &'static str) -> impl Fn(std::io::Error) -> StoreError {
-    let path = path.to_owned();
-    move |e| StoreError::Db {
-        path: path.clone(),
-        op,
-        reason: e.to_string(),
-    }
-}
-
-/// Creates a new store at `path`: only if the anchor never saw one (else the old one was
-/// deleted). The file is built under a staging name and renamed into place once its first
-/// commit is durable, so a crash during creation never leaves a half-made store at `path`
-/// (redb cannot open a file killed inside `Database::create`: the crash test found that).
-fn create_file(
-    path: &Path,
-    sealing: &SealingKey,
-    anchor: &mut dyn VersionAnchor,
-) -> Result<(), StoreError> {
-    let version = first_version(path, anchor)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let staging = path.with_file_name(format!(".{name}.creating"));
-    // Left by a crash during an earlier creation: it never was the store.
-    if staging.exists() {
-        std::fs::remove_file(&staging)
-            .map_err(io_error(&staging, "removing an unfinished store"))?;
-    }
-    {
-        let db =
-            Database::create(&staging).map_err(|e| db_error(&staging, "creating")(e.into()))?;
-        first_commit(&db, &staging, sealing, version, &anchor.state_data())?;
-    }
-    std::fs::rename(&staging, path).map_err(io_error(path, "moving the new store into place"))?;
-    // The rename itself must be durable before anything is acknowledged from this store.
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::File::open(parent)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io_error(parent, "syncing the store's directory"))?;
-    }
-    Ok(())
-}
-
-/// Creates a new store on a data disk, under the same rule as [`create_file`]: the header says
-/// *creating* until the first commit is durable, and only then *ready*.
-fn create_on_disk(
-    disk: DiskBackend,
-    sealing: &SealingKey,
-    anchor: &mut dyn VersionAnchor,
-) -> Result<Database, StoreError> {
-    let path = disk.path().to_owned();
-    let version = first_version(&path, anchor)?;
-    disk.begin_create()?;
-    let db = Database::builder()
-        .create_with_backend(disk.clone())
-        .map_err(|e| db_error(&path, "creating")(e.into()))?;
-    first_commit(&db, &path, sealing, version, &anchor.state_data())?;
-    disk.mark_ready()?;
-    Ok(db)
-}
-
 /// The version a new store starts at: only if the anchor never saw a store (else the old one
 /// was deleted). The anchor is set first and the store starts at its value: a TPM counter's
 /// first value is not ours to choose.
-fn first_version(path: &Path, anchor: &mut dyn VersionAnchor) -> Result<u64, StoreError> {
+fn first_version(name: &str, anchor: &mut dyn VersionAnchor) -> Result<u64, StoreError> {
     if let Some(version) = anchor.read()? {
         return Err(StoreError::StateMissing {
-            path: path.to_owned(),
+            store: name.to_owned(),
             anchor: version,
             anchor_name: anchor.describe(),
         });
@@ -509,41 +524,6 @@ fn seal_state(
     sealing.seal(Table::Meta.name(), STATE_KEY, &plain)
 }
 
-/// The first, durable commit of a new store: its header, its tables and its state record.
-fn first_commit(
-    db: &Database,
-    path: &Path,
-    sealing: &SealingKey,
-    version: u64,
-    anchor_data: &[u8],
-) -> Result<(), StoreError> {
-    let err = |op| db_error(path, op);
-    {
-        let state = seal_state(sealing, version, &StateDigest::default(), anchor_data)?;
-        let mut txn = db.begin_write().map_err(|e| err("creating")(e.into()))?;
-        txn.set_durability(Durability::Immediate);
-        {
-            let mut header = txn
-                .open_table(HEADER)
-                .map_err(|e| err("creating the header")(e.into()))?;
-            header
-                .insert(HEADER_SEALING_KEY_ID, sealing.id().as_slice())
-                .map_err(|e| err("writing the header")(e.into()))?;
-            for table in Table::ALL {
-                let mut t = txn
-                    .open_table(table.def())
-                    .map_err(|e| err("creating tables")(e.into()))?;
-                if table == Table::Meta {
-                    t.insert(STATE_KEY, state.as_slice())
-                        .map_err(|e| err("writing the state record")(e.into()))?;
-                }
-            }
-        }
-        txn.commit().map_err(|e| err("committing")(e.into()))?;
-    }
-    Ok(())
-}
-
 impl Store {
     /// Opens the store at `location`, creating it if there is none (and the anchor agrees that none
     /// ever existed), and verifies it completely before returning (see the module doc).
@@ -553,71 +533,102 @@ impl Store {
         mut anchor: Box<dyn VersionAnchor>,
     ) -> Result<Self, StoreError> {
         let location = location.into();
-        let path = location.path();
-        let db = match &location {
-            Location::File(path) => {
-                let exists = path.try_exists().map_err(|e| StoreError::Db {
-                    path: path.to_owned(),
-                    op: "checking for the store",
-                    reason: e.to_string(),
-                })?;
-                if !exists {
-                    create_file(path, &sealing, anchor.as_mut())?;
-                }
-                Database::open(path).map_err(|e| db_error(path, "opening")(e.into()))?
-            }
-            Location::Disk(path) => match DiskBackend::open(path)? {
-                (disk, Status::Empty) => create_on_disk(disk, &sealing, anchor.as_mut())?,
-                (disk, Status::Ready) => Database::builder()
-                    .create_with_backend(disk)
-                    .map_err(|e| db_error(path, "opening")(e.into()))?,
-            },
+        let name = location.describe();
+        // Made only for a new store: the header and the first state record.
+        let mut first = || -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+            let version = first_version(&name, anchor.as_mut())?;
+            let state = seal_state(
+                &sealing,
+                version,
+                &StateDigest::default(),
+                &anchor.state_data(),
+            )?;
+            Ok((sealing.id().to_vec(), state))
         };
-        let found_id = {
-            let read = db
-                .begin_read()
-                .map_err(|e| db_error(path, "reading")(e.into()))?;
-            match read.open_table(HEADER) {
-                Ok(table) => table
-                    .get(HEADER_SEALING_KEY_ID)
-                    .map_err(|e| db_error(path, "reading the header")(e.into()))?
-                    .map(|v| v.value().to_vec()),
-                Err(redb::TableError::TableDoesNotExist(_)) => None,
-                Err(e) => return Err(db_error(path, "reading the header")(e.into())),
+        let backend: Box<dyn Backend> = match &location {
+            Location::File(_) | Location::Disk(_) => {
+                Box::new(embedded::open(&location, &mut first)?)
             }
+            #[cfg(feature = "postgres")]
+            Location::Postgres(url) => Box::new(postgres::Postgres::open(url, &mut first)?),
         };
-        // A store only ever appears at `path` complete with its header (see `create_file`).
-        let found = found_id.ok_or_else(|| StoreError::Tampered {
+        // A store only ever appears complete with its header (see the backends' creation).
+        let found = backend.header()?.ok_or_else(|| StoreError::Tampered {
             record: format!("header/{HEADER_SEALING_KEY_ID}"),
             reason: "missing".into(),
         })?;
         if found != sealing.id() {
             return Err(StoreError::SealedByAnotherKey {
-                path: path.to_owned(),
+                store: name,
                 found: hex::encode(found),
                 ours: sealing.id_hex(),
             });
         }
         let mut store = Self {
-            db,
-            path: path.to_owned(),
+            backend,
+            shared: location.is_shared(),
             sealing,
             anchor,
             version: 0,
             digest: StateDigest::default(),
+            state: Vec::new(),
+            holding: false,
         };
-        store.load()?;
-        Ok(store)
+        let started = std::time::Instant::now();
+        loop {
+            // Under the writers' lock: the state record and the records it commits to are
+            // read as one writer left them.
+            match store.locked(Self::load) {
+                // Other replicas re-list their witnesses while this one waits (a restarted
+                // replica is a new incarnation): read the state again and retry.
+                Err(StoreError::Anchor(AnchorError::Unanswered { reason, .. }))
+                    if store.shared && started.elapsed() < SHARED_OPEN_WAIT =>
+                {
+                    tracing::warn!(%reason, "KMS shared store: waiting for its witnesses");
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+                other => return other.map(|()| store),
+            }
+        }
     }
 
-    fn db_err(&self, op: &'static str) -> impl Fn(redb::Error) -> StoreError + '_ {
-        db_error(&self.path, op)
+    /// Runs `op` holding the backend's writers' lock (shared stores; nothing otherwise), unless
+    /// the caller holds it already ([`Store::lock_writers`]).
+    fn locked<T>(
+        &mut self,
+        op: impl FnOnce(&mut Self) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if self.holding {
+            return op(self);
+        }
+        self.lock_writers()?;
+        let result = op(self);
+        self.unlock_writers();
+        result
+    }
+
+    /// Takes the writers' lock of a shared store until [`Store::unlock_writers`], so that a
+    /// caller's checks and its commit see one state: no other replica writes in between.
+    pub(crate) fn lock_writers(&mut self) -> Result<(), StoreError> {
+        if !self.holding {
+            self.backend.lock()?;
+            self.holding = true;
+        }
+        Ok(())
+    }
+
+    /// Releases [`Store::lock_writers`].
+    pub(crate) fn unlock_writers(&mut self) {
+        if std::mem::take(&mut self.holding) {
+            self.backend.unlock();
+        }
     }
 
     fn load(&mut self) -> Result<(), StoreError> {
         let state_name = format!("{}/{STATE_KEY}", Table::Meta.name());
         let sealed =
-            self.get_sealed(Table::Meta, STATE_KEY)?
+            self.backend
+                .get(Table::Meta, STATE_KEY)?
                 .ok_or_else(|| StoreError::Tampered {
                     record: state_name.clone(),
                     reason: "missing".into(),
@@ -635,11 +646,21 @@ impl Store {
         let digest = StateDigest::from_bytes(digest).ok_or_else(malformed)?;
         let state_hash: [u8; 32] = Sha256::digest(&sealed).into();
 
+        // A running replica never goes back: a shared store older than what it last saw was
+        // rolled back under it, whatever the anchor says.
+        if version < self.version {
+            return Err(StoreError::RolledBack {
+                store: self.backend.name().to_owned(),
+                state: version,
+                anchor: self.version,
+                anchor_name: "the state this process last read".into(),
+            });
+        }
         self.anchor.load_state(version, &state_hash, anchor_data)?;
         let anchored = self.anchor.read()?;
         if let Verdict::RolledBack { state, anchor } = rollback::check(version, anchored) {
             return Err(StoreError::RolledBack {
-                path: self.path.clone(),
+                store: self.backend.name().to_owned(),
                 state,
                 anchor,
                 anchor_name: self.anchor.describe(),
@@ -648,13 +669,20 @@ impl Store {
         let (records, found) = self.digest_records()?;
         if found != digest {
             return Err(StoreError::DigestMismatch {
-                path: self.path.clone(),
+                store: self.backend.name().to_owned(),
                 version,
                 records,
             });
         }
         self.version = version;
         self.digest = digest;
+        self.state = sealed;
+        if self.shared {
+            // Not from here: the replica that wrote this state tells the witnesses, in the
+            // writers' order. A state one ahead of them (its writer crashed in between) is
+            // told with the next write.
+            return Ok(());
+        }
         // The store may be ahead of the anchor by a write that committed just before a crash.
         self.anchor_to(version, &state_hash)
     }
@@ -673,28 +701,16 @@ impl Store {
 
     /// Opens every sealed record and returns their count and digest.
     fn digest_records(&self) -> Result<(usize, StateDigest), StoreError> {
-        let read = self
-            .db
-            .begin_read()
-            .map_err(|e| self.db_err("reading")(e.into()))?;
         let mut digest = StateDigest::default();
         let mut records = 0;
         for table in Table::ALL {
-            let t = read
-                .open_table(table.def())
-                .map_err(|e| self.db_err("opening a table")(e.into()))?;
-            for entry in t
-                .iter()
-                .map_err(|e| self.db_err("listing records")(e.into()))?
-            {
-                let (key, value) = entry.map_err(|e| self.db_err("reading a record")(e.into()))?;
-                let (key, sealed) = (key.value(), value.value());
+            for (key, sealed) in self.backend.scan(table, "")? {
                 if table == Table::Meta && key == STATE_KEY {
                     continue;
                 }
                 // Opened to prove it authenticates; the plaintext is wiped at once.
-                drop(self.sealing.open(table.name(), key, sealed)?);
-                digest.add(table.name(), key, sealed);
+                drop(self.sealing.open(table.name(), &key, &sealed)?);
+                digest.add(table.name(), &key, &sealed);
                 records += 1;
             }
         }
@@ -707,7 +723,7 @@ impl Store {
         let (records, digest) = self.digest_records()?;
         if digest != self.digest {
             return Err(StoreError::DigestMismatch {
-                path: self.path.clone(),
+                store: self.backend.name().to_owned(),
                 version: self.version,
                 records,
             });
@@ -718,14 +734,34 @@ impl Store {
         })
     }
 
+    /// A shared store: if another replica wrote since this process read the state, reads and
+    /// checks the new state as an open does (never an older one: [`StoreError::RolledBack`]).
+    /// Returns whether it moved. Other stores have no other writer: `false` at once.
+    pub fn sync(&mut self) -> Result<bool, StoreError> {
+        if !self.shared {
+            return Ok(false);
+        }
+        let current = self.backend.get(Table::Meta, STATE_KEY)?;
+        if current.as_deref() == Some(self.state.as_slice()) {
+            return Ok(false);
+        }
+        self.locked(Self::load)?;
+        Ok(true)
+    }
+
+    /// Whether other KMS replicas write this store too.
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
     /// The state version: how many commits this store has seen (plus the anchor's start).
     pub fn version(&self) -> u64 {
         self.version
     }
 
-    /// The store file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The store's name: its path, or its database URL without the password.
+    pub fn name(&self) -> &str {
+        self.backend.name()
     }
 
     /// Closes the store, giving back its sealing key and anchor (to reopen it).
@@ -738,69 +774,30 @@ impl Store {
         self.anchor.describe()
     }
 
-    fn get_sealed(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let read = self
-            .db
-            .begin_read()
-            .map_err(|e| self.db_err("reading")(e.into()))?;
-        let t = read
-            .open_table(table.def())
-            .map_err(|e| self.db_err("opening a table")(e.into()))?;
-        let value = t
-            .get(key)
-            .map_err(|e| self.db_err("reading a record")(e.into()))?
-            .map(|v| v.value().to_vec());
-        Ok(value)
-    }
-
     /// The plaintext of `table/key`, if present.
     pub fn get(&self, table: Table, key: &str) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
-        self.get_sealed(table, key)?
+        self.backend
+            .get(table, key)?
             .map(|sealed| self.sealing.open(table.name(), key, &sealed))
             .transpose()
     }
 
     /// Every record of `table` whose key starts with `prefix`, opened, in key order.
     pub fn scan(&self, table: Table, prefix: &str) -> Result<Vec<Record>, StoreError> {
-        let read = self
-            .db
-            .begin_read()
-            .map_err(|e| self.db_err("reading")(e.into()))?;
-        let t = read
-            .open_table(table.def())
-            .map_err(|e| self.db_err("opening a table")(e.into()))?;
-        let mut out = Vec::new();
-        for entry in t
-            .range(prefix..)
-            .map_err(|e| self.db_err("listing records")(e.into()))?
-        {
-            let (key, value) = entry.map_err(|e| self.db_err("reading a record")(e.into()))?;
-            let key = key.value();
-            if !key.starts_with(prefix) {
-                break;
-            }
-            if table == Table::Meta && key == STATE_KEY {
-                continue;
-            }
-            out.push((
-                key.to_owned(),
-                self.sealing.open(table.name(), key, value.value())?,
-            ));
-        }
-        Ok(out)
+        self.backend
+            .scan(table, prefix)?
+            .into_iter()
+            .filter(|(key, _)| !(table == Table::Meta && key == STATE_KEY))
+            .map(|(key, sealed)| {
+                let plain = self.sealing.open(table.name(), &key, &sealed)?;
+                Ok((key, plain))
+            })
+            .collect()
     }
 
     /// How many records `table` holds.
     pub fn len(&self, table: Table) -> Result<u64, StoreError> {
-        let read = self
-            .db
-            .begin_read()
-            .map_err(|e| self.db_err("reading")(e.into()))?;
-        let t = read
-            .open_table(table.def())
-            .map_err(|e| self.db_err("opening a table")(e.into()))?;
-        t.len()
-            .map_err(|e| self.db_err("counting records")(e.into()))
+        self.backend.len(table)
     }
 
     /// Whether the store holds no record but its own state record (just created). Counts only:
@@ -816,7 +813,16 @@ impl Store {
     /// Commits `batch` and a new state version in one durable transaction, then advances the
     /// anchor. When this returns `Ok`, the write survives a crash and cannot be rolled back
     /// (where an anchor exists): the caller may acknowledge it. Returns the new version.
+    ///
+    /// A shared store takes the replicas' writers' lock for the commit and the anchor (unless
+    /// the caller holds it) and refuses with [`StoreError::Moved`] (nothing written) if another
+    /// replica wrote since this process read the state: the caller's checks were made on an old
+    /// state.
     pub fn commit(&mut self, batch: Batch) -> Result<u64, StoreError> {
+        self.locked(|store| store.commit_locked(batch))
+    }
+
+    fn commit_locked(&mut self, batch: Batch) -> Result<u64, StoreError> {
         let version = self
             .version
             .checked_add(1)
@@ -824,12 +830,16 @@ impl Store {
                 record: "meta/state".into(),
                 reason: "the state version would overflow".into(),
             })?;
+        if self.shared
+            && self.backend.get(Table::Meta, STATE_KEY)?.as_deref() != Some(self.state.as_slice())
+        {
+            return Err(StoreError::Moved {
+                store: self.backend.name().to_owned(),
+            });
+        }
         let mut digest = self.digest.clone();
-        let mut txn = self
-            .db
-            .begin_write()
-            .map_err(|e| self.db_err("writing")(e.into()))?;
-        txn.set_durability(Durability::Immediate);
+        // The last value each record takes in this batch, and what it held before it.
+        let mut changes: Vec<Change> = Vec::new();
         for op in &batch.ops {
             let (table, key) = match op {
                 Op::Put { table, key, .. } | Op::Remove { table, key } => (*table, key.as_str()),
@@ -840,44 +850,38 @@ impl Store {
                     reason: "reserved for the store's own state record".into(),
                 });
             }
-            let mut t = txn
-                .open_table(table.def())
-                .map_err(|e| self.db_err("opening a table")(e.into()))?;
-            // The digest loses what the record held in the file (if the host changed it in the
-            // meantime, the digest stops matching and the next open says so).
-            let old = t
-                .get(key)
-                .map_err(|e| self.db_err("reading a record")(e.into()))?
-                .map(|v| v.value().to_vec());
+            // The digest loses what the record held (if the host changed it in the meantime,
+            // the digest stops matching and the next open says so).
+            let old = match changes
+                .iter()
+                .position(|c| c.table == table && c.key == key)
+            {
+                Some(i) => changes.remove(i).sealed,
+                None => self.backend.get(table, key)?,
+            };
             if let Some(old) = old {
                 digest.remove(table.name(), key, &old);
             }
-            match op {
+            let sealed = match op {
                 Op::Put { plaintext, .. } => {
                     let sealed = self.sealing.seal(table.name(), key, plaintext)?;
-                    t.insert(key, sealed.as_slice())
-                        .map_err(|e| self.db_err("writing a record")(e.into()))?;
                     digest.add(table.name(), key, &sealed);
+                    Some(sealed)
                 }
-                Op::Remove { .. } => {
-                    t.remove(key)
-                        .map_err(|e| self.db_err("removing a record")(e.into()))?;
-                }
-            }
+                Op::Remove { .. } => None,
+            };
+            changes.push(Change {
+                table,
+                key: key.to_owned(),
+                sealed,
+            });
         }
         let state = seal_state(&self.sealing, version, &digest, &self.anchor.state_data())?;
         let state_hash: [u8; 32] = Sha256::digest(&state).into();
-        {
-            let mut meta = txn
-                .open_table(Table::Meta.def())
-                .map_err(|e| self.db_err("opening a table")(e.into()))?;
-            meta.insert(STATE_KEY, state.as_slice())
-                .map_err(|e| self.db_err("writing the state record")(e.into()))?;
-        }
-        txn.commit()
-            .map_err(|e| self.db_err("committing")(e.into()))?;
+        self.backend.write(&self.state, &changes, &state)?;
         self.version = version;
         self.digest = digest;
+        self.state = state;
         self.anchor_to(version, &state_hash).map_err(|e| match e {
             StoreError::Anchor(source) => StoreError::NotAnchored { version, source },
             other => other,

@@ -42,7 +42,7 @@ fn writer() -> PathBuf {
 fn every_acknowledged_key_survives_sigkill_at_random_points() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("kms.redb");
-    kill_loop(Location::File(store));
+    kill_loop(Target::Single(Location::File(store)));
 }
 
 /// The same on a data disk (a fixed-size file standing in for the raw device).
@@ -54,16 +54,71 @@ fn every_acknowledged_key_survives_sigkill_on_a_data_disk() {
         .unwrap()
         .set_len(64 << 20)
         .unwrap();
-    kill_loop(Location::Disk(disk));
+    kill_loop(Target::Single(Location::Disk(disk)));
 }
 
-fn kill_loop(store: Location) {
+/// The same on a replica of a shared store in PostgreSQL (its own store a file beside).
+#[cfg(feature = "postgres")]
+#[test]
+fn every_acknowledged_key_survives_sigkill_on_a_shared_store() {
+    let pg = postgres::Postgres::start();
+    let url = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(pg.create_database("kms"));
+    let dir = tempfile::tempdir().unwrap();
+    kill_loop(Target::Shared {
+        local: dir.path().join("own.redb"),
+        url,
+    });
+}
+
+#[cfg(feature = "postgres")]
+#[path = "../../../services/hub/tests/common/postgres.rs"]
+mod postgres;
+
+/// Where the writer keeps its state.
+enum Target {
+    /// A single KMS's store.
+    Single(Location),
+    /// A replica of a shared store: its own store, and the database URL.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    Shared { local: PathBuf, url: String },
+}
+
+impl Target {
+    fn arg(&self) -> String {
+        match self {
+            Target::Single(Location::File(path)) => path.display().to_string(),
+            Target::Single(Location::Disk(path)) => format!("disk:{}", path.display()),
+            Target::Shared { local, url } => format!("postgres:{},{url}", local.display()),
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("the writer takes files, disks and shared stores"),
+        }
+    }
+
+    fn open(&self) -> Result<Kms, coffer_kms::KmsError> {
+        let anchor = Box::new(Unanchored::accepting_rollback());
+        match self {
+            Target::Single(location) => Kms::open(location.clone(), &common::platform(), anchor),
+            #[cfg(feature = "postgres")]
+            Target::Shared { local, url } => Kms::open_shared(
+                local,
+                coffer_kms::store::SealingKey::from_platform(&common::platform()).unwrap(),
+                Location::Postgres(url.clone()),
+                anchor,
+            ),
+            #[cfg(not(feature = "postgres"))]
+            Target::Shared { .. } => unreachable!("built without the postgres feature"),
+        }
+    }
+}
+
+fn kill_loop(store: Target) {
     common::sim_root(); // make sure the chain the writer loads exists
     let writer = writer();
-    let store_arg = match &store {
-        Location::File(path) => path.display().to_string(),
-        Location::Disk(path) => format!("disk:{}", path.display()),
-    };
+    let store_arg = store.arg();
     let measurement = hex::encode(common::KMS_MEASUREMENT);
 
     let mut keys: Vec<(WrappedDataKey, String)> = Vec::new();
@@ -116,12 +171,9 @@ fn kill_loop(store: Location) {
         }
 
         let started = Instant::now();
-        let kms = Kms::open(
-            store.clone(),
-            &common::platform(),
-            Box::new(Unanchored::accepting_rollback()),
-        )
-        .unwrap_or_else(|e| panic!("round {round} (killed after {delay:?}): {e}"));
+        let kms = store
+            .open()
+            .unwrap_or_else(|e| panic!("round {round} (killed after {delay:?}): {e}"));
         let verified = kms.verify().unwrap();
         for (wrapped, digest) in &keys {
             let key = kms

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use coffer_kms::rollback::quorum::transport::EndpointTransport;
-use coffer_kms::rollback::quorum::{QuorumAnchor, WitnessRequest, WitnessTable, WitnessTransport};
+use coffer_kms::rollback::quorum::{
+    QuorumAnchor, Survey, WitnessRequest, WitnessTable, WitnessTransport,
+};
 use coffer_kms::{Kms, OrgId};
 use coffer_mesh::endpoint::{check_endpoint, serve_endpoint_with};
 use coffer_sim::sim_deployment;
@@ -89,7 +91,7 @@ fn a_witness_under_the_next_manifest_vouches_and_a_rolled_back_store_is_refused_
 
     let (kms, handle) = open();
     let mut kms = kms.unwrap();
-    assert!(handle.survey(&[]).unwrap());
+    assert_eq!(handle.survey(&[]).unwrap(), Survey::NewSet);
     kms.advance_state().unwrap();
     assert_eq!(handle.witnesses()[0][0].url, witness);
     kms.create_org_key(&acme).unwrap();
@@ -145,7 +147,7 @@ fn a_witness_restarted_behind_the_same_address_is_a_new_process_and_vouches_for_
         Box::new(anchor),
     )
     .unwrap();
-    assert!(handle.survey(&[]).unwrap());
+    assert_eq!(handle.survey(&[]).unwrap(), Survey::NewSet);
     kms.advance_state().unwrap();
     let acme = OrgId::new("acme").unwrap();
     kms.create_org_key(&acme).unwrap();
@@ -164,5 +166,5 @@ fn a_witness_restarted_behind_the_same_address_is_a_new_process_and_vouches_for_
         "{err}"
     );
     // It cannot stand in for the witness it replaced, so no new set is listed either.
-    assert!(!handle.survey(&[]).unwrap());
+    assert_eq!(handle.survey(&[]).unwrap(), Survey::Unchanged);
 }

@@ -87,6 +87,17 @@ impl Kms {
         checkpoint: &[u8],
         consistency_proof: &[Hash],
     ) -> Result<Vec<u8>, CheckpointError> {
+        // A replica signs after the last checkpoint any replica signed, and no other signs
+        // meanwhile.
+        self.writing(|kms| kms.sign_checkpoint_once(origin, checkpoint, consistency_proof))
+    }
+
+    fn sign_checkpoint_once(
+        &mut self,
+        origin: &str,
+        checkpoint: &[u8],
+        consistency_proof: &[Hash],
+    ) -> Result<Vec<u8>, CheckpointError> {
         let mut signer = self.audit_signer(origin)?;
         let note = signer.sign(checkpoint, consistency_proof)?;
         let signed = signer

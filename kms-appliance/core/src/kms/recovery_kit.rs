@@ -17,6 +17,15 @@ impl Kms {
         policy: &coffer_types::RecoveryPolicy,
         deployment_id: &str,
     ) -> Result<RecoveryKit, KmsError> {
+        // A replica hands out the kit another replica made; only one of them makes it.
+        self.writing(|kms| kms.recovery_kit_once(policy, deployment_id))
+    }
+
+    fn recovery_kit_once(
+        &mut self,
+        policy: &coffer_types::RecoveryPolicy,
+        deployment_id: &str,
+    ) -> Result<RecoveryKit, KmsError> {
         let record = format!("meta/{RECOVERY_KIT}");
         if let Some(bytes) = self.store.get(Table::Meta, RECOVERY_KIT)? {
             let kit: RecoveryKit = from_json(&record, &bytes)?;

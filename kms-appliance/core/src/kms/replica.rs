@@ -20,7 +20,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::{Kms, KmsError, ROOT_KEY};
 use crate::keys::RootKey;
-use crate::rollback::VersionAnchor;
+use crate::rollback::{Unanchored, VersionAnchor};
 use crate::store::{Batch, Location, SealingKey, Store, Table};
 
 /// Everything a joining KMS needs: the root key and every record. Secret (the root key):
@@ -81,6 +81,13 @@ impl Snapshot {
     }
 
     /// Its records as a store batch, each checked for a known table and base64 value.
+    fn root(&self) -> Result<RootKey, KmsError> {
+        let root = Zeroizing::new(
+            Base64::decode_vec(&self.root_key).map_err(|_| invalid("root_key is not base64"))?,
+        );
+        Ok(RootKey::from_bytes(&root)?)
+    }
+
     fn batch(&self) -> Result<Batch, KmsError> {
         let mut batch = Batch::new();
         for record in &self.records {
@@ -135,11 +142,7 @@ const BACKUP_AAD: &str = "coffer-kms backup v1";
 /// The key a backup is sealed under: derived from the root key, so only a KMS holding the root
 /// key (a replica, or one restored by the recovery officers) opens it.
 fn backup_key(root: &RootKey) -> Zeroizing<[u8; crate::KEY_LEN]> {
-    let hkdf = hkdf::Hkdf::<sha2::Sha256>::new(None, root.bytes());
-    let mut key = Zeroizing::new([0u8; crate::KEY_LEN]);
-    // 32 bytes is far below HKDF-SHA-256's limit: expand cannot fail.
-    let _ = hkdf.expand(BACKUP_KEY_INFO, key.as_mut());
-    key
+    root.derive(BACKUP_KEY_INFO)
 }
 
 impl Kms {
@@ -189,13 +192,24 @@ impl Kms {
         anchor: Box<dyn VersionAnchor>,
         snapshot: &Snapshot,
     ) -> Result<Self, KmsError> {
-        let root = Zeroizing::new(
-            Base64::decode_vec(&snapshot.root_key)
-                .map_err(|_| invalid("root_key is not base64"))?,
-        );
-        let root = RootKey::from_bytes(&root)?;
+        let root = snapshot.root()?;
         let batch = snapshot.batch()?;
         Self::create_with(location.into(), sealing, anchor, &root, batch)
+    }
+
+    /// A new replica of a replicated deployment: keeps the root key of `snapshot` in its own,
+    /// empty store at `local` and opens the shared store with it ([`Kms::open_shared`]). The
+    /// snapshot's records are not needed: they are in the shared store.
+    pub fn join_shared(
+        local: impl Into<Location>,
+        sealing: SealingKey,
+        shared: Location,
+        anchor: Box<dyn VersionAnchor>,
+        snapshot: &Snapshot,
+    ) -> Result<Self, KmsError> {
+        let root = snapshot.root()?;
+        let own = Store::open(local, sealing, Box::new(Unanchored::accepting_rollback()))?;
+        Self::start_shared(own, shared, anchor, root)
     }
 
     /// Creates this KMS's state at `location` around a root key restored from the recovery
@@ -238,7 +252,7 @@ impl Kms {
         let mut store = Store::open(location.clone(), sealing, anchor)?;
         if !store.is_empty()? {
             return Err(KmsError::Record {
-                record: location.path().display().to_string(),
+                record: location.describe(),
                 reason: "already holds a KMS state: refusing to write over it".into(),
             });
         }

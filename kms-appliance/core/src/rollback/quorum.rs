@@ -405,6 +405,8 @@ struct Inner {
     finding: String,
     /// Why this KMS must stop serving, once a witness showed it is behind or forked.
     halted: Option<String>,
+    /// The instance is a store shared by replicas ([`QuorumAnchor::shared`]).
+    shared: bool,
 }
 
 impl Inner {
@@ -431,6 +433,24 @@ pub struct QuorumAnchor {
     inner: Arc<Mutex<Inner>>,
     transport: Arc<dyn WitnessTransport>,
     open_wait: Duration,
+}
+
+/// What a [`QuorumHandle::survey`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Survey {
+    /// Nothing to do.
+    Unchanged,
+    /// The listed witnesses should change: commit an empty change
+    /// ([`crate::Kms::advance_state`]) so the next state lists them.
+    NewSet,
+    /// A shared store's witness holds a newer version: another replica wrote. Sync the store
+    /// ([`crate::Kms::sync`]), then [`QuorumHandle::synced`].
+    Behind {
+        /// The newest version a witness holds.
+        version: u64,
+        /// That witness's URL.
+        witness: String,
+    },
 }
 
 /// The running KMS's side of the anchor: surveys peers without holding the KMS, and says when
@@ -492,6 +512,7 @@ impl QuorumAnchor {
             self_url,
             finding: String::new(),
             halted: None,
+            shared: false,
         }));
         let handle = QuorumHandle {
             inner: inner.clone(),
@@ -505,6 +526,19 @@ impl QuorumAnchor {
             },
             handle,
         ))
+    }
+
+    /// The anchor of a store that several replicas write ([`crate::store::Location::Postgres`]):
+    /// the replicas witness each other's writes *and their own*, so every replica surveys the
+    /// same reachable set (itself included) and lists the same witnesses; a witness that holds a
+    /// newer version is another replica's write, which the survey reports
+    /// ([`Survey::Behind`]) instead of stopping the KMS. The open does not wait for witnesses
+    /// itself: the store reads the state again while it waits, since other replicas change the
+    /// listed set meanwhile (a restarted replica is a new incarnation that they list).
+    pub fn shared(mut self) -> Self {
+        lock(&self.inner).shared = true;
+        self.open_wait = Duration::ZERO;
+        self
     }
 
     /// How long an open waits for listed witnesses to answer (a minute by default).
@@ -672,11 +706,14 @@ impl VersionAnchor for QuorumAnchor {
                 return Ok(newest.map(|(_, held)| held.version));
             }
             if started.elapsed() >= self.open_wait {
-                return Err(Self::refused(format!(
+                return Err(AnchorError::Unanswered {
+                    anchor: "witness quorum".into(),
+                    reason: format!(
                     "cannot prove this state is the newest: every listed witness must answer, and {} did not ({}); re-join this KMS from a running replica, or restore it with the recovery officers",
                     missing.len(),
                     missing.join("; ")
-                )));
+                    ),
+                });
             }
             tracing::warn!(missing = %missing.join("; "), "rollback witnesses: waiting for every listed witness");
             std::thread::sleep(Duration::from_secs(1));
@@ -773,11 +810,13 @@ impl VersionAnchor for QuorumAnchor {
 
 impl QuorumHandle {
     /// Asks every known peer what it holds for this KMS (without holding the KMS). Stops the
-    /// KMS (returns the reason, and every later commit fails) when a witness holds a newer
-    /// version or the same version with another state; otherwise returns whether the reachable
-    /// witnesses differ from the listed set, in which case the caller commits an empty change so
-    /// the next state lists them ([`crate::Kms::advance_state`]).
-    pub fn survey(&self, reporters: &[String]) -> Result<bool, String> {
+    /// KMS (returns the reason, and every later commit fails) when a witness holds the same
+    /// version with another state, or a newer version of a KMS that is its store's only writer;
+    /// a newer version of a shared store is reported ([`Survey::Behind`]). Otherwise says
+    /// whether the caller should commit an empty change ([`crate::Kms::advance_state`]): the
+    /// reachable witnesses differ from the listed set, or the state still lists a set it no
+    /// longer needs.
+    pub fn survey(&self, reporters: &[String]) -> Result<Survey, String> {
         let (urls, request) = {
             let mut inner = lock(&self.inner);
             if let Some(reason) = &inner.halted {
@@ -791,23 +830,27 @@ impl QuorumHandle {
             }
             let mut urls: BTreeSet<String> = inner.peers.clone();
             urls.extend(urls_of(&inner.sets));
+            if inner.shared {
+                urls.extend(self_url);
+            }
             let request = WitnessRequest::Query {
                 instance: hex::encode(inner.instance),
             };
             (urls.into_iter().collect::<Vec<_>>(), request)
         };
         if urls.is_empty() {
-            return Ok(false);
+            return Ok(Survey::Unchanged);
         }
         let results = self.transport.call_all(&urls, &request);
         let mut inner = lock(&self.inner);
         let mut reachable = Vec::new();
+        let mut newest = None;
         for (url, result) in urls.iter().zip(results) {
             let Ok((incarnation, outcome)) = result else {
                 continue;
             };
             if let Outcome::Held(Some(held)) = outcome {
-                let halt = if held.version > inner.version {
+                let halt = if held.version > inner.version && !inner.shared {
                     Some(behind(url, held.version, inner.version))
                 } else if held.version == inner.version && held.state != inner.state {
                     Some(forked(url, held.version))
@@ -818,15 +861,30 @@ impl QuorumHandle {
                     inner.halted = Some(halt.clone());
                     return Err(halt);
                 }
+                if held.version > inner.version
+                    && newest.as_ref().is_none_or(|(v, _)| held.version > *v)
+                {
+                    newest = Some((held.version, url.clone()));
+                }
             }
             reachable.push(Witness {
                 url: url.clone(),
                 incarnation: hex::encode(incarnation),
             });
         }
+        if let Some((version, witness)) = newest {
+            return Ok(Survey::Behind { version, witness });
+        }
         reachable.truncate(MAX_WITNESSES);
         if reachable.is_empty() || inner.sets.last() == Some(&reachable) {
-            return Ok(false);
+            // A set change is complete once a write listing both was witnessed: one more
+            // commit drops the old set, which could never open the state again if its members
+            // restarted.
+            return Ok(if inner.witnessed && inner.sets.len() > 1 {
+                Survey::NewSet
+            } else {
+                Survey::Unchanged
+            });
         }
         // Propose only while every listed set can witness the change (one of its members
         // answers): a set proposed meanwhile could die before any write is witnessed, and sets
@@ -836,10 +894,23 @@ impl QuorumHandle {
             .iter()
             .all(|set| set.iter().any(|w| reachable.contains(w)));
         if !witnessable {
-            return Ok(false);
+            return Ok(Survey::Unchanged);
         }
         inner.proposed = Some(reachable);
-        Ok(true)
+        Ok(Survey::NewSet)
+    }
+
+    /// After [`Survey::Behind`] and a sync of the shared store ([`crate::Kms::sync`]): stops the
+    /// KMS if the store still holds no state as new as the `version` that `witness` holds (the
+    /// store was rolled back under it, or a copy of it runs).
+    pub fn synced(&self, version: u64, witness: &str) -> Result<(), String> {
+        let mut inner = lock(&self.inner);
+        if inner.version >= version {
+            return Ok(());
+        }
+        let halt = behind(witness, version, inner.version);
+        inner.halted = Some(halt.clone());
+        Err(halt)
     }
 
     /// Why the KMS must stop, if a witness showed it is behind or forked.
