@@ -51,6 +51,10 @@ pub struct InitArgs {
     /// How many officers restore the root key [default: a majority].
     #[arg(long, requires = "recovery_officers")]
     pub recovery_threshold: Option<u8>,
+    /// The KMS replicas keep their state in one PostgreSQL database (`coffer run --kms-store
+    /// URL` names it to each) instead of each on its own data disk.
+    #[arg(long, requires = "kms_authz")]
+    pub kms_shared_store: bool,
 }
 
 fn parse_endpoint(text: &str) -> Result<(Role, String), String> {
@@ -115,7 +119,11 @@ pub fn init(args: &InitArgs, state_dir: &Path) -> anyhow::Result<()> {
                 restore: None,
             }
         });
-        deployment.kms = Some(KmsSettings { authz, recovery });
+        deployment.kms = Some(KmsSettings {
+            authz,
+            recovery,
+            shared_store: args.kms_shared_store,
+        });
     }
     deployment.validate()?;
     let mut bytes = serde_json::to_vec_pretty(&deployment)?;

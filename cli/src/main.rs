@@ -188,6 +188,21 @@ struct RunArgs {
     /// for each peer. Peers that join later are learnt as they witness each other.
     #[arg(long = "kms-peer", value_name = "URL", requires = "deployment", value_parser = parse_witness_url)]
     kms_peers: Vec<String>,
+    /// kms image of a deployment whose replicas share one store (`deployment init
+    /// --kms-shared-store`): the PostgreSQL URL as the VM sees it
+    /// (postgres://USER[:PASSWORD]@10.0.2.2:PORT/DB). Everything stored there is sealed.
+    #[arg(long = "kms-store", value_name = "URL", requires = "deployment", value_parser = parse_store_url)]
+    kms_store: Option<String>,
+}
+
+/// A shared-store URL: `postgres://` or `postgresql://`, short.
+fn parse_store_url(url: &str) -> Result<String, String> {
+    if (url.starts_with("postgres://") || url.starts_with("postgresql://")) && url.len() <= 512 {
+        Ok(url.to_owned())
+    } else {
+        // Not echoed: it may carry a password.
+        Err("expected postgres://USER@HOST:PORT/DB (at most 512 bytes)".into())
+    }
 }
 
 /// A witness URL: `https://HOST:PORT`, no path.
@@ -430,6 +445,7 @@ fn run_vm(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         data_disk: args.data_disk,
         kms_join: args.kms_join,
         kms_peers: args.kms_peers,
+        kms_store: args.kms_store,
     };
     let vm = coffer_qemu::launch(&options)?;
     eprintln!(

@@ -304,7 +304,15 @@ async fn backup(state: &Shared) -> Response<Full<Bytes>> {
             "this KMS does not serve yet: no backup".into(),
         );
     };
-    let backup = api.kms().lock().await.export_backup();
+    // On the blocking pool: reading a shared store waits on its database.
+    let kms = api.kms().clone().lock_owned().await;
+    let backup = match tokio::task::spawn_blocking(move || kms.export_backup()).await {
+        Ok(backup) => backup,
+        Err(e) => Err(coffer_kms::KmsError::Record {
+            record: "backup".into(),
+            reason: format!("the export task failed: {e}"),
+        }),
+    };
     match backup {
         Ok(bytes) => {
             let mut response = Response::new(Full::new(Bytes::from(bytes)));

@@ -101,7 +101,14 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
             "no data disk ({DATA_DISK_RUNTIME_PATH} is missing): the kms image keeps its state on one; `coffer run` attaches it"
         ));
     }
-    let rt = coffer_appliance::mesh::runtime().map_err(|e| e.to_string())?;
+    // Two worker threads, unlike the other applets' single thread: the attestation endpoint
+    // must answer while the main thread opens the state, because its witness route is asked by
+    // peers opening theirs, and, for a shared store, by this KMS itself.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
     // The endpoint for people comes up first: while restoring, officers submit shares there.
     let recovery_state = crate::routes::Shared::default();
     let witness = Arc::new(WitnessTable::new());
@@ -138,7 +145,14 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
         peers = %peer_hint.peers.join(","),
         "rollback witnesses: peers to ask"
     );
-    let anchor = Box::new(anchor);
+    // Replicas of a deployment whose manifest says so keep their state in one database; the
+    // launcher names it. The manifest decides, so the host cannot switch a KMS between the two.
+    let shared = shared_store(deployment, &peer_hint)?;
+    let anchor = Box::new(if shared.is_some() {
+        anchor.shared()
+    } else {
+        anchor
+    });
     let location = Location::Disk(disk.to_owned());
     let hint = coffer_types::read_join_hint(disk)
         .map_err(|e| format!("{DATA_DISK_RUNTIME_PATH}: join hint: {e}"))?;
@@ -150,8 +164,13 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
     let mut kms = match (hint, restore) {
         (Some(address), _) if blank => {
             let snapshot = rt.block_on(fetch_snapshot(&node, &address))?;
-            let kms = Kms::join(location, sealing()?, anchor, &snapshot)
-                .map_err(|e| format!("joining {address}: {e}"))?;
+            let kms = match &shared {
+                Some(store) => {
+                    Kms::join_shared(location, sealing()?, store.clone(), anchor, &snapshot)
+                }
+                None => Kms::join(location, sealing()?, anchor, &snapshot),
+            }
+            .map_err(|e| format!("joining {address}: {e}"))?;
             tracing::info!(
                 %address,
                 records = snapshot.records(),
@@ -169,13 +188,21 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
                     "the recovery session failed (see above); starting over".to_owned()
                 })
             })?;
-            let kms = Kms::restore(
-                location,
-                sealing()?,
-                anchor,
-                &restored.root,
-                restored.backup.as_deref(),
-            )
+            let kms = match &shared {
+                Some(store) => {
+                    if restored.backup.is_some() {
+                        tracing::warn!("a backup was submitted, but this KMS's state is in the shared store: the backup is not used");
+                    }
+                    Kms::restore_shared(location, sealing()?, store.clone(), anchor, &restored.root)
+                }
+                None => Kms::restore(
+                    location,
+                    sealing()?,
+                    anchor,
+                    &restored.root,
+                    restored.backup.as_deref(),
+                ),
+            }
             .map_err(|e| format!("restoring: {e}"))?;
             tracing::info!(
                 backup = restored.backup.is_some(),
@@ -184,8 +211,11 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
             );
             kms
         }
-        _ => Kms::open(location, node.provider().as_ref(), anchor)
-            .map_err(|e| format!("refusing to serve: {e}"))?,
+        _ => match &shared {
+            Some(store) => Kms::open_shared(location, sealing()?, store.clone(), anchor),
+            None => Kms::open(location, node.provider().as_ref(), anchor),
+        }
+        .map_err(|e| format!("refusing to serve: {e}"))?,
     };
     // List the peers that answer now as this state's witnesses before serving anything.
     match quorum.survey(&witness.reporters()) {
@@ -245,6 +275,9 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
     tracing::info!(journal = journal.id(), "audit journal started");
     let api = Arc::new(KmsApi::with_journal(kms, authorizer, journal));
     rt.spawn(survey_witnesses(quorum, witness, api.clone()));
+    if shared.is_some() {
+        rt.spawn(sync_shared_store(api.clone()));
+    }
     rt.block_on(crate::routes::serving(
         &recovery_state,
         kit_json,
@@ -258,6 +291,52 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
     })
     .map_err(|e| e.to_string())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The shared store named by the launcher, if the manifest keeps the KMS state in one; an
+/// error if only one of the two says so.
+fn shared_store(
+    deployment: &coffer_types::Deployment,
+    hint: &coffer_types::PeerHint,
+) -> Result<Option<Location>, String> {
+    let wanted = deployment.kms.as_ref().is_some_and(|k| k.shared_store);
+    match (&hint.store, wanted) {
+        (Some(url), true) => {
+            let store = Location::Postgres(url.clone());
+            tracing::info!(store = %store.describe(), "kms state: the replicas' shared store");
+            Ok(Some(store))
+        }
+        (None, false) => Ok(None),
+        (None, true) => Err("the deployment manifest keeps the KMS state in a shared store (kms.shared_store), but the launcher named none: `coffer run --kms-store URL`".into()),
+        (Some(_), false) => Err("the launcher names a shared store (--kms-store), but the deployment manifest keeps the KMS state on each KMS's data disk: refusing to choose".into()),
+    }
+}
+
+/// How often a replica of a shared store takes in what the others wrote, at the latest: so a
+/// key destroyed or a version retired at one replica stops unwrapping at the others within
+/// this time.
+const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Every [`SYNC_INTERVAL`]: takes in the other replicas' writes ([`Kms::sync`]).
+async fn sync_shared_store(api: Arc<KmsApi>) {
+    let mut tick = tokio::time::interval(SYNC_INTERVAL);
+    loop {
+        tick.tick().await;
+        let mut kms = api.kms().clone().lock_owned().await;
+        match tokio::task::spawn_blocking(move || kms.sync()).await {
+            Ok(Ok(_)) => {}
+            // The database is unreachable or failed: the next tick tries again.
+            Ok(Err(e @ coffer_kms::KmsError::Store(coffer_kms::StoreError::Db { .. }))) => {
+                tracing::warn!(error = %e, "shared store: cannot take in other replicas' writes")
+            }
+            // Rolled back, tampered with, or not what was committed: stop, as at open.
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "shared store: refusing to serve from it; stopping");
+                std::process::exit(1);
+            }
+            Err(e) => tracing::error!(error = %e, "shared store: sync task failed"),
+        }
+    }
 }
 
 /// How often the running KMS asks its peers what they hold for it.

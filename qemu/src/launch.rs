@@ -61,6 +61,9 @@ pub struct LaunchOptions {
     /// defence. Written to the disk at every start with the VM's own witness URL (its `attest`
     /// port on the host) as a hint ([`coffer_types::PEER_HINT_OFFSET`]).
     pub kms_peers: Vec<String>,
+    /// For a kms image whose deployment keeps the KMS state in a shared store: its PostgreSQL
+    /// URL as the VM sees it, written into the same hint.
+    pub kms_store: Option<String>,
 }
 
 /// Boots the image in the background (QEMU daemonizes once its devices are set up, so
@@ -163,11 +166,11 @@ pub fn launch(options: &LaunchOptions) -> Result<VmRecord, LaunchError> {
         };
         args.extend(deploy::qemu_args(&disk, sim_socket));
     }
-    if (options.kms_join.is_some() || !options.kms_peers.is_empty())
+    if (options.kms_join.is_some() || !options.kms_peers.is_empty() || options.kms_store.is_some())
         && manifest.data_disk_mib.is_none()
     {
         return Err(LaunchError::Qemu(format!(
-            "--kms-join/--kms-peer: the {} image keeps no KMS state",
+            "--kms-join/--kms-peer/--kms-store: the {} image keeps no KMS state",
             manifest.role
         )));
     }
@@ -187,10 +190,11 @@ pub fn launch(options: &LaunchOptions) -> Result<VmRecord, LaunchError> {
             .iter()
             .find(|f| f.name == "attest")
             .map(|f| format!("https://10.0.2.2:{}", f.host));
-        if self_url.is_some() || !options.kms_peers.is_empty() {
+        if self_url.is_some() || !options.kms_peers.is_empty() || options.kms_store.is_some() {
             let hint = coffer_types::PeerHint {
                 self_url,
                 peers: options.kms_peers.clone(),
+                store: options.kms_store.clone(),
             };
             coffer_types::write_peer_hint(&disk, &hint).map_err(|e| LaunchError::io(&disk, e))?;
         }

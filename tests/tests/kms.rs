@@ -167,6 +167,18 @@ fn deployment(
     mesh: u16,
     issuer: &Issuer,
 ) -> std::path::PathBuf {
+    deployment_with(state, file, id, mesh, issuer, &[])
+}
+
+/// [`deployment`] with more arguments to `coffer deployment init`.
+fn deployment_with(
+    state: &Path,
+    file: &str,
+    id: &str,
+    mesh: u16,
+    issuer: &Issuer,
+    extra: &[&str],
+) -> std::path::PathBuf {
     let authz = state.join(format!("{file}.authz.json"));
     std::fs::write(&authz, issuer.authz().to_string()).unwrap();
     let manifest_path = state.join(file);
@@ -185,7 +197,10 @@ fn deployment(
         &format!("kms=10.0.2.2:{mesh}"),
         "--kms-authz",
         authz.to_str().unwrap(),
-    ]);
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    .collect::<Vec<_>>());
     assert_eq!(outcome.code, 0, "{outcome:?}");
     manifest_path
 }
@@ -547,6 +562,166 @@ fn a_kms_whose_disk_is_put_back_to_an_older_copy_is_refused_by_its_witness() {
         rt.block_on(unwrap_at(&node, b_mesh, &analyst, &first)),
         first["plaintext"].as_str().unwrap()
     );
+    for vm in [&a, &b] {
+        assert_eq!(vm.stop().code, 0);
+    }
+}
+
+#[path = "../../services/hub/tests/common/postgres.rs"]
+mod postgres;
+
+/// A replicated deployment's KMS in real VMs: two replicas keep their state in one PostgreSQL
+/// database on the host (reached at 10.0.2.2, as an operator's server would be) and witness each
+/// other. A key made at one unwraps at the other; an org destroyed at one is refused at the
+/// other within a second; a replica restarted opens the shared state; the database holds no
+/// key in the clear.
+#[test]
+fn two_replicas_share_one_store_in_postgresql() {
+    let images = tempfile::tempdir().unwrap();
+    let image = images.path().join("kms");
+    build_image(Role::Kms, &image, None);
+    let pg = postgres::Postgres::start();
+    let rt = runtime();
+    let url = rt.block_on(pg.create_database("kms"));
+    let guest_url = url.replace("127.0.0.1", "10.0.2.2");
+    let tables: i64 = rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = 'coffer_kms_records'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    });
+    assert_eq!(tables, 0, "a fresh database");
+    let state = Arc::new(tempfile::tempdir().unwrap());
+    let (a_mesh, a_attest, b_mesh, b_attest) = (free_port(), free_port(), free_port(), free_port());
+    let issuer = Issuer::generate();
+    let manifest = deployment_with(
+        state.path(),
+        "shared.json",
+        "vm-kms-shared",
+        a_mesh,
+        &issuer,
+        &["--kms-shared-store"],
+    );
+    let manifest_bytes = std::fs::read(&manifest).unwrap();
+    let manifest = manifest.to_str().unwrap();
+    let node = client_node(state.path(), &manifest_bytes);
+    let admin = issuer.identity("admin@acme", "acme", &["admin"]);
+    let analyst = issuer.identity("ana@acme", "acme", &["analyst"]);
+    let a_url = format!("https://10.0.2.2:{a_attest}");
+    let b_url = format!("https://10.0.2.2:{b_attest}");
+    let (a_ports, b_ports) = (format!("attest={a_attest}"), format!("attest={b_attest}"));
+    let a_args = [
+        "--port",
+        a_ports.as_str(),
+        "--kms-peer",
+        b_url.as_str(),
+        "--kms-store",
+        guest_url.as_str(),
+    ];
+    let a_name = unique("kms-shared-a");
+    let a = start_kms_with(&state, &image, &a_name, manifest, a_mesh, &a_args);
+    assert!(
+        a.serial().contains("the replicas' shared store"),
+        "{}",
+        a.serial()
+    );
+    let first = rt.block_on(create_key(&node, a_mesh, &admin, &analyst));
+
+    let join = format!("10.0.2.2:{a_mesh}");
+    let b = start_kms_with(
+        &state,
+        &image,
+        &unique("kms-shared-b"),
+        manifest,
+        b_mesh,
+        &[
+            "--kms-join",
+            &join,
+            "--port",
+            &b_ports,
+            "--kms-peer",
+            &a_url,
+            "--kms-store",
+            &guest_url,
+        ],
+    );
+    // A key made at A unwraps at B, and one made at B at A.
+    assert_eq!(
+        rt.block_on(unwrap_at(&node, b_mesh, &analyst, &first)),
+        first["plaintext"].as_str().unwrap()
+    );
+    let second = rt.block_on(data_key(&node, b_mesh, &analyst));
+    assert_eq!(
+        rt.block_on(unwrap_at(&node, a_mesh, &analyst, &second)),
+        second["plaintext"].as_str().unwrap()
+    );
+    // The replicas list each other (and themselves) as witnesses of the shared state.
+    assert!(
+        b.wait_for_log(
+            "rollback witnesses: new set listed",
+            Duration::from_secs(60)
+        ),
+        "{}",
+        b.serial()
+    );
+
+    // A restarted replica opens the shared state, witnessed by the other.
+    assert_eq!(a.stop().code, 0);
+    let a = start_kms_with(&state, &image, &a_name, manifest, a_mesh, &a_args);
+    assert_eq!(
+        rt.block_on(unwrap_at(&node, a_mesh, &analyst, &second)),
+        second["plaintext"].as_str().unwrap()
+    );
+
+    // The database holds every key sealed: no data key in the clear.
+    let sealed: Vec<Vec<u8>> = rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query_scalar("SELECT sealed FROM coffer_kms_records")
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+    });
+    assert!(sealed.len() >= 4, "{} records", sealed.len());
+    for key in [&first, &second] {
+        let plain = base64ct::Base64::decode_vec(key["plaintext"].as_str().unwrap()).unwrap();
+        assert!(
+            !sealed
+                .iter()
+                .any(|r| r.windows(plain.len()).any(|w| w == plain)),
+            "a data key in the clear in the shared store"
+        );
+    }
+
+    // Destroyed at B: refused at A within its sync interval (and at once on a miss).
+    rt.block_on(async {
+        let mut client = connect(&node, b_mesh).await;
+        let (status, body) = call(
+            &mut client,
+            "DELETE",
+            "/v1/orgs/acme/keys",
+            &admin,
+            json!({}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    rt.block_on(async {
+        let mut client = connect(&node, a_mesh).await;
+        let key_id = first["key_id"].as_str().unwrap();
+        let (status, body) = call(
+            &mut client,
+            "POST",
+            &format!("/v1/orgs/acme/data-keys/{key_id}/unwrap"),
+            &analyst,
+            json!({"wrapped": first["wrapped"]}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::GONE, "{body}");
+    });
     for vm in [&a, &b] {
         assert_eq!(vm.stop().code, 0);
     }

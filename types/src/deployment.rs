@@ -178,6 +178,11 @@ pub struct KmsSettings {
     /// k-of-n recovery of the KMS root key, if wanted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<RecoveryPolicy>,
+    /// The KMS replicas keep their state in one PostgreSQL database that the launcher names to
+    /// each (`coffer run --kms-store URL`), instead of each on its own data disk. Bound here so
+    /// the host cannot switch a replica between the two: the URL is only where to find it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_store: bool,
 }
 
 /// Who can restore the KMS root key: any `threshold` of the `officers`.
@@ -479,6 +484,7 @@ mod tests {
                 officers: officers.iter().map(|o| o.to_string()).collect(),
                 restore: None,
             }),
+            shared_store: false,
         };
         let mut d = sample();
         d.kms = Some(kms(2, &["age1aaa", "age1bbb"]));

@@ -245,6 +245,11 @@ pub struct PeerHint {
     /// The witness URLs of its peers.
     #[serde(default)]
     pub peers: Vec<String>,
+    /// Where the replicas' shared store is (a PostgreSQL URL), when the manifest keeps the KMS
+    /// state in one ([`crate::KmsSettings::shared_store`]). A hint like the rest:
+    /// everything in it is sealed and checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
 }
 
 /// Writes `hint` into the data disk `disk` (see [`PEER_HINT_OFFSET`]), replacing any before.
@@ -484,6 +489,7 @@ mod tests {
         let hint = PeerHint {
             self_url: Some("https://10.0.2.2:8443".into()),
             peers: vec!["https://10.0.2.2:8444".into()],
+            store: Some("postgres://kms@10.0.2.2:5432/coffer".into()),
         };
         write_peer_hint(&disk, &hint).unwrap();
         assert_eq!(read_peer_hint(&disk).unwrap(), Some(hint));

@@ -125,6 +125,7 @@ fn launch(image: &Path, state: &Path, name: &str) -> anyhow::Result<(VmRecord, I
         data_disk: None,
         kms_join: None,
         kms_peers: Vec::new(),
+        kms_store: None,
     })?;
     Ok((vm, started))
 }

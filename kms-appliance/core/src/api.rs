@@ -581,10 +581,13 @@ impl KmsApi {
             .authorizer
             .authorize_replica(Some(&AttestedPeer::from(peer)), SystemTime::now());
         self.enforce(&decision)?;
-        let snapshot = self.kms.lock().await.export_snapshot().map_err(|e| {
-            tracing::error!(error = %e, "cannot export the replica snapshot");
-            ApiError::internal("snapshot_failed")
-        })?;
+        let snapshot = self
+            .blocking(|kms| kms.export_snapshot())
+            .await?
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot export the replica snapshot");
+                ApiError::internal("snapshot_failed")
+            })?;
         let body = snapshot.to_json().map_err(|e| {
             tracing::error!(error = %e, "cannot encode the replica snapshot");
             ApiError::internal("snapshot_failed")
@@ -769,9 +772,23 @@ impl KmsApi {
     async fn execute(&self, call: Call) -> Result<Response<Body>, ApiError> {
         match call {
             Call::Unwrap(wrapped) => {
-                let (key, rewrapped) = {
+                let (first, shared) = {
                     let kms = self.kms.lock().await;
-                    kms.unwrap_and_rewrap(&wrapped).map_err(kms_error)?
+                    (kms.unwrap_and_rewrap(&wrapped), kms.is_shared())
+                };
+                let (key, rewrapped) = match first {
+                    // A replica of a shared store may not have read yet the org or version
+                    // another replica made: take in the store, then try again.
+                    Err(KmsError::UnknownOrg { .. } | KmsError::UnknownKekVersion { .. })
+                        if shared =>
+                    {
+                        self.write(move |kms| {
+                            kms.sync()?;
+                            kms.unwrap_and_rewrap(&wrapped)
+                        })
+                        .await?
+                    }
+                    other => other.map_err(kms_error)?,
                 };
                 plaintext_response(StatusCode::OK, &key, None, rewrapped.as_ref())
             }

@@ -16,6 +16,9 @@ use crate::rollback::{Unanchored, VersionAnchor};
 use crate::store::{Batch, Location, SealingKey, Store, StoreError, Table, Verified};
 
 const ROOT_KEY: &str = "root";
+/// In a replica's own store: its state is in a shared store ([`Kms::open_shared`]), which must
+/// therefore exist. The record's presence is what counts; it holds no secret.
+const SHARED_MARKER: &str = "shared-store";
 
 /// Why a KMS operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +224,12 @@ impl Kms {
         anchor: Box<dyn VersionAnchor>,
     ) -> Result<Self, KmsError> {
         let mut store = Store::open(location, sealing, anchor)?;
+        if store.get(Table::Meta, SHARED_MARKER)?.is_some() {
+            return Err(KmsError::Record {
+                record: format!("meta/{SHARED_MARKER}"),
+                reason: "this KMS keeps its state in the deployment's shared store: start it with that store (the manifest's kms.shared_store and `coffer run --kms-store`)".into(),
+            });
+        }
         let root = match store.get(Table::Meta, ROOT_KEY)? {
             Some(bytes) => RootKey::from_bytes(&bytes)?,
             None => {
@@ -256,15 +265,38 @@ impl Kms {
         shared: Location,
         anchor: Box<dyn VersionAnchor>,
     ) -> Result<Self, KmsError> {
+        // Nothing in the own store but the root key, which never changes: a host that puts back
+        // an older copy puts back the same key. So it needs no anchor.
         let own = Store::open(local, sealing, Box::new(Unanchored::accepting_rollback()))?;
         match own.get(Table::Meta, ROOT_KEY)? {
             Some(bytes) => {
+                if own.get(Table::Meta, SHARED_MARKER)?.is_none() {
+                    return Err(KmsError::Record {
+                        record: own.name().to_owned(),
+                        reason: "this KMS keeps its state on its own data disk, not in a shared store: start it without one (the manifest's kms.shared_store)".into(),
+                    });
+                }
                 let root = RootKey::from_bytes(&bytes)?;
-                let store = Self::open_shared_store(shared, &root, anchor)?;
+                let store = Self::open_shared_store(shared, &root, anchor, false)?;
                 Self::with_stores(store, Some(own), root)
             }
             None => Self::start_shared(own, shared, anchor, RootKey::generate()?),
         }
+    }
+
+    /// A replica of a replicated deployment restored by the recovery officers: keeps the root
+    /// key they restored in its own, empty store at `local` and opens the shared store with it
+    /// (the state there, if it survived, is the deployment's state).
+    pub fn restore_shared(
+        local: impl Into<Location>,
+        sealing: SealingKey,
+        shared: Location,
+        anchor: Box<dyn VersionAnchor>,
+        root: &RootKey,
+    ) -> Result<Self, KmsError> {
+        let own = Store::open(local, sealing, Box::new(Unanchored::accepting_rollback()))?;
+        let root = RootKey::from_bytes(root.bytes())?;
+        Self::start_shared(own, shared, anchor, root)
     }
 
     /// Opens (or creates) the shared store under `root`, then keeps `root` in this replica's own,
@@ -281,20 +313,29 @@ impl Kms {
                 reason: "already holds a KMS state: refusing to write over it".into(),
             });
         }
-        let store = Self::open_shared_store(shared, &root, anchor)?;
+        let store = Self::open_shared_store(shared, &root, anchor, true)?;
         let mut batch = Batch::new();
         batch.put(Table::Meta, ROOT_KEY, root.bytes());
+        batch.put(Table::Meta, SHARED_MARKER, b"1");
         own.commit(batch)?;
         Self::with_stores(store, Some(own), root)
     }
 
+    /// The shared store, sealed under the key derived from `root`; created if `create` (this
+    /// replica never used it), else it must be there.
     fn open_shared_store(
         shared: Location,
         root: &RootKey,
         anchor: Box<dyn VersionAnchor>,
+        create: bool,
     ) -> Result<Store, KmsError> {
         let sealing = SealingKey::shared(root.derive(SHARED_STATE_KEY_INFO));
-        Store::open(shared, sealing, anchor).map_err(|e| match e {
+        let opened = if create {
+            Store::open(shared, sealing, anchor)
+        } else {
+            Store::open_existing(shared, sealing, anchor)
+        };
+        opened.map_err(|e| match e {
             StoreError::SealedByAnotherKey { store, .. } => KmsError::Record {
                 record: store,
                 reason: "the shared store is sealed under another root key: this replica must join the deployment's KMS (a blank data disk and --kms-join), not start one of its own".into(),

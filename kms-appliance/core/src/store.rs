@@ -225,6 +225,12 @@ pub enum StoreError {
         /// Which anchor.
         anchor_name: String,
     },
+    /// A store used before is not there.
+    #[error("{store} holds no KMS state, but this KMS used it before: it was deleted, or the URL names another database; refusing to start afresh")]
+    Missing {
+        /// The store.
+        store: String,
+    },
     /// The anchor moved past the store on its own.
     #[error("the anchor ({anchor_name}) is at {anchor}, past the state version {state} just committed: another writer uses this anchor")]
     AnchorAhead {
@@ -530,12 +536,35 @@ impl Store {
     pub fn open(
         location: impl Into<Location>,
         sealing: SealingKey,
-        mut anchor: Box<dyn VersionAnchor>,
+        anchor: Box<dyn VersionAnchor>,
     ) -> Result<Self, StoreError> {
-        let location = location.into();
+        Self::open_with(location.into(), sealing, anchor, true)
+    }
+
+    /// As [`Store::open`], but a store that is not there is an error, not a new store: for a
+    /// store this process knows it used before ([`StoreError::Missing`]).
+    pub fn open_existing(
+        location: impl Into<Location>,
+        sealing: SealingKey,
+        anchor: Box<dyn VersionAnchor>,
+    ) -> Result<Self, StoreError> {
+        Self::open_with(location.into(), sealing, anchor, false)
+    }
+
+    fn open_with(
+        location: Location,
+        sealing: SealingKey,
+        mut anchor: Box<dyn VersionAnchor>,
+        create: bool,
+    ) -> Result<Self, StoreError> {
         let name = location.describe();
         // Made only for a new store: the header and the first state record.
         let mut first = || -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+            if !create {
+                return Err(StoreError::Missing {
+                    store: name.clone(),
+                });
+            }
             let version = first_version(&name, anchor.as_mut())?;
             let state = seal_state(
                 &sealing,

@@ -299,3 +299,50 @@ fn a_replica_with_a_root_key_of_its_own_is_told_to_join_and_keeps_nothing() {
     let b = d.join("b", &a);
     assert!(b.org_key(&acme()).is_some());
 }
+
+#[test]
+fn a_replica_cannot_be_switched_between_its_own_disk_and_the_shared_store() {
+    let d = Deployment::new();
+    let mut a = d.open("a").unwrap();
+    a.create_org_key(&acme()).unwrap();
+    drop(a);
+    // Its own store holds the root key only: opened as a single KMS, it refuses.
+    let err = Kms::open(&d.own("a"), &common::platform(), Box::new(d.anchor.clone()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("shared store"), "{err}");
+    // A single KMS's store is not made a replica's.
+    let single = d.dir.path().join("single.redb");
+    let mut kms = Kms::open(&single, &common::platform(), Box::new(MemoryAnchor::new())).unwrap();
+    kms.create_org_key(&acme()).unwrap();
+    drop(kms);
+    let err = Kms::open_shared(
+        &single,
+        Deployment::sealing(),
+        d.shared(),
+        Box::new(MemoryAnchor::new()),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("own data disk"), "{err}");
+}
+
+#[test]
+fn a_shared_store_that_disappeared_is_not_started_afresh() {
+    let d = Deployment::new();
+    let mut a = d.open("a").unwrap();
+    a.create_org_key(&acme()).unwrap();
+    drop(a);
+    d.sql("DROP TABLE coffer_kms_records");
+    match Kms::open_shared(
+        &d.own("a"),
+        Deployment::sealing(),
+        d.shared(),
+        Box::new(MemoryAnchor::new()),
+    ) {
+        Err(KmsError::Store(StoreError::Missing { store })) => {
+            assert!(store.starts_with("postgres://coffer@"), "{store}")
+        }
+        other => panic!("expected Missing, got {other:?}"),
+    }
+}
