@@ -65,6 +65,7 @@ bench: coffer
 	cargo run --locked --release -p coffer-bench --bin mesh-bench
 	cargo run --locked --release -p coffer-bench --bin kms-bench
 	cargo run --locked --release -p coffer-bench --bin witness-bench
+	cargo run --locked --release -p coffer-bench --bin store-bench
 	cargo run --locked --release -p coffer-bench --bin hub-bench
 
 lint:

@@ -305,7 +305,7 @@ async fn backup(state: &Shared) -> Response<Full<Bytes>> {
         );
     };
     // On the blocking pool: reading a shared store waits on its database.
-    let kms = api.kms().clone().lock_owned().await;
+    let mut kms = api.kms().clone().lock_owned().await;
     let backup = match tokio::task::spawn_blocking(move || kms.export_backup()).await {
         Ok(backup) => backup,
         Err(e) => Err(coffer_kms::KmsError::Record {

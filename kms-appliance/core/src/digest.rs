@@ -44,14 +44,19 @@ impl Default for StateDigest {
     }
 }
 
-fn element(table: &str, key: &str, sealed: &[u8]) -> [u16; LANES] {
+/// A record's seed: the SHA-256 its element is expanded from. Keeping it lets a record be
+/// removed from a digest without its bytes (the shared store's index of records).
+pub fn seed(table: &str, key: &str, sealed: &[u8]) -> [u8; 32] {
     let mut seed = Sha256::new();
     seed.update(ELEMENT_LABEL);
     for field in [table.as_bytes(), key.as_bytes(), sealed] {
         seed.update((field.len() as u64).to_be_bytes());
         seed.update(field);
     }
-    let seed = seed.finalize();
+    seed.finalize().into()
+}
+
+fn element(seed: &[u8; 32]) -> [u16; LANES] {
     let mut lanes = [0u16; LANES];
     // MGF1: block i = SHA-256(seed ‖ i as 4 bytes big-endian); 64 blocks of 32 bytes = 2048.
     for (i, chunk) in lanes.chunks_mut(16).enumerate() {
@@ -69,14 +74,24 @@ fn element(table: &str, key: &str, sealed: &[u8]) -> [u16; LANES] {
 impl StateDigest {
     /// Adds the record `table/key` holding `sealed`.
     pub fn add(&mut self, table: &str, key: &str, sealed: &[u8]) {
-        for (lane, e) in self.lanes.iter_mut().zip(element(table, key, sealed)) {
-            *lane = lane.wrapping_add(e);
-        }
+        self.add_seed(&seed(table, key, sealed));
     }
 
     /// Removes the record `table/key` holding `sealed`.
     pub fn remove(&mut self, table: &str, key: &str, sealed: &[u8]) {
-        for (lane, e) in self.lanes.iter_mut().zip(element(table, key, sealed)) {
+        self.remove_seed(&seed(table, key, sealed));
+    }
+
+    /// Adds the record whose [`seed`] this is.
+    pub fn add_seed(&mut self, seed: &[u8; 32]) {
+        for (lane, e) in self.lanes.iter_mut().zip(element(seed)) {
+            *lane = lane.wrapping_add(e);
+        }
+    }
+
+    /// Removes the record whose [`seed`] this is.
+    pub fn remove_seed(&mut self, seed: &[u8; 32]) {
+        for (lane, e) in self.lanes.iter_mut().zip(element(seed)) {
             *lane = lane.wrapping_sub(e);
         }
     }

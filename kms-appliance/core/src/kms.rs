@@ -354,7 +354,8 @@ impl Kms {
             keks: BTreeMap::new(),
             audit_checkpoint: None,
         };
-        kms.load()?;
+        // A shared store: read under the writers' lock, on the newest state.
+        kms.serialized(Self::load)?;
         Ok(kms)
     }
 
@@ -391,9 +392,22 @@ impl Kms {
 
     /// A replica of a replicated deployment: takes in what other replicas wrote since this one
     /// last read the shared store (checked as at open, never an older state), and returns
-    /// whether anything moved. Called before every write, and by the appliance every second and
-    /// when a key is not found. A single KMS has nothing to take in: `false`.
+    /// whether anything moved. Called before every write and every read of the store, and by
+    /// the appliance every second and when a key is not found. A single KMS has nothing to take
+    /// in: `false`.
     pub fn sync(&mut self) -> Result<bool, KmsError> {
+        if !self.store.is_shared() {
+            return Ok(false);
+        }
+        self.store.lock_writers()?;
+        let moved = self.sync_locked();
+        self.store.unlock_writers();
+        moved
+    }
+
+    /// [`Kms::sync`] with the writers' lock held: the store and the records read from it into
+    /// memory are of one state.
+    fn sync_locked(&mut self) -> Result<bool, KmsError> {
         if !self.store.sync()? {
             return Ok(false);
         }
@@ -406,10 +420,11 @@ impl Kms {
         self.store.is_shared()
     }
 
-    /// Runs the write `op` on the newest state: a replica of a shared store takes the writers'
-    /// lock and takes in what others wrote first, so `op`'s checks (the org exists, the version
-    /// is current) are made on the state it writes over.
-    fn writing<T, E: From<KmsError>>(
+    /// Runs `op` (a write, or a read of the store) on the newest state: a replica of a shared
+    /// store takes the writers' lock and takes in what others wrote first, so `op`'s checks (the
+    /// org exists, the version is current) are made on the state it writes over, and what it
+    /// reads is what that state committed (the store checks every read against it).
+    fn serialized<T, E: From<KmsError>>(
         &mut self,
         op: impl FnOnce(&mut Self) -> Result<T, E>,
     ) -> Result<T, E> {
@@ -419,7 +434,7 @@ impl Kms {
         if let Err(e) = self.store.lock_writers() {
             return Err(KmsError::from(e).into());
         }
-        let result = match self.sync() {
+        let result = match self.sync_locked() {
             Ok(_) => op(self),
             Err(e) => Err(e.into()),
         };
@@ -436,7 +451,7 @@ impl Kms {
     /// seal what it keeps in the state (the quorum anchor: a new witness set, see
     /// [`crate::rollback::quorum::QuorumHandle::survey`]). Returns the new version.
     pub fn advance_state(&mut self) -> Result<u64, KmsError> {
-        self.writing(|kms| Ok(kms.store.commit(Batch::new())?))
+        self.serialized(|kms| Ok(kms.store.commit(Batch::new())?))
     }
 
     /// The rollback anchor, as it describes itself (which witnesses, what they hold).
@@ -460,12 +475,14 @@ impl Kms {
     }
 
     /// The data keys made for `org` (none once it is destroyed).
-    pub fn data_keys(&self, org: &OrgId) -> Result<Vec<DataKeyInfo>, KmsError> {
-        self.store
-            .scan(Table::Deks, &format!("{org}/"))?
-            .into_iter()
-            .map(|(key, bytes)| from_json(&format!("deks/{key}"), &bytes))
-            .collect()
+    pub fn data_keys(&mut self, org: &OrgId) -> Result<Vec<DataKeyInfo>, KmsError> {
+        self.serialized(|kms| {
+            kms.store
+                .scan(Table::Deks, &format!("{org}/"))?
+                .into_iter()
+                .map(|(key, bytes)| from_json(&format!("deks/{key}"), &bytes))
+                .collect()
+        })
     }
 
     fn live_org(&self, org: &OrgId) -> Result<&OrgKeyInfo, KmsError> {
@@ -556,7 +573,7 @@ impl Kms {
 
     /// Creates `org`'s KEK (version 1). Durable when it returns.
     pub fn create_org_key(&mut self, org: &OrgId) -> Result<u32, KmsError> {
-        self.writing(|kms| kms.create_org_key_once(org))
+        self.serialized(|kms| kms.create_org_key_once(org))
     }
 
     fn create_org_key_once(&mut self, org: &OrgId) -> Result<u32, KmsError> {
@@ -585,7 +602,7 @@ impl Kms {
     /// retired. Returns the new version. Existing data keys move to it in bulk
     /// ([`Kms::rewrap_data_keys`]) or lazily, as each is unwrapped ([`Kms::unwrap_and_rewrap`]).
     pub fn rotate_org_key(&mut self, org: &OrgId) -> Result<u32, KmsError> {
-        self.writing(|kms| kms.rotate_org_key_once(org))
+        self.serialized(|kms| kms.rotate_org_key_once(org))
     }
 
     fn rotate_org_key_once(&mut self, org: &OrgId) -> Result<u32, KmsError> {
@@ -615,7 +632,7 @@ impl Kms {
     /// Retires a previous KEK version: its wrapped KEK is erased from the state, and the data
     /// keys it wrapped no longer unwrap.
     pub fn retire_org_key_version(&mut self, org: &OrgId, version: u32) -> Result<(), KmsError> {
-        self.writing(|kms| kms.retire_org_key_version_once(org, version))
+        self.serialized(|kms| kms.retire_org_key_version_once(org, version))
     }
 
     fn retire_org_key_version_once(&mut self, org: &OrgId, version: u32) -> Result<(), KmsError> {
@@ -662,7 +679,7 @@ impl Kms {
     /// it never reads freed pages and refuses any state older than the anchor. So shredding is
     /// exactly as strong as the rollback defence ([`crate::rollback`]).
     pub fn destroy_org_key(&mut self, org: &OrgId) -> Result<(), KmsError> {
-        self.writing(|kms| kms.destroy_org_key_once(org))
+        self.serialized(|kms| kms.destroy_org_key_once(org))
     }
 
     fn destroy_org_key_once(&mut self, org: &OrgId) -> Result<(), KmsError> {
@@ -696,7 +713,7 @@ impl Kms {
         &mut self,
         org: &OrgId,
     ) -> Result<(DataKey, WrappedDataKey), KmsError> {
-        self.writing(|kms| kms.generate_data_key_once(org))
+        self.serialized(|kms| kms.generate_data_key_once(org))
     }
 
     fn generate_data_key_once(
@@ -756,7 +773,7 @@ impl Kms {
     /// the previous versions can be retired once callers have the new wrappings too. Records
     /// under a retired version cannot be re-wrapped (their KEK is gone) and are counted.
     pub fn rewrap_data_keys(&mut self, org: &OrgId, limit: usize) -> Result<Rewrap, KmsError> {
-        self.writing(|kms| kms.rewrap_data_keys_once(org, limit))
+        self.serialized(|kms| kms.rewrap_data_keys_once(org, limit))
     }
 
     fn rewrap_data_keys_once(&mut self, org: &OrgId, limit: usize) -> Result<Rewrap, KmsError> {

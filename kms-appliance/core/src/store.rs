@@ -40,6 +40,7 @@
 //! Record *sizes* and *counts* and the table and key names (org ids, key ids) are visible to the
 //! host: keys are names, not secrets.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -116,7 +117,7 @@ const HEADER_SEALING_KEY_ID: &str = "sealing-key-id";
 const STATE_KEY: &str = "state";
 
 /// A table of sealed records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Table {
     /// KMS-wide records: the root key, and the state record.
     Meta,
@@ -460,13 +461,22 @@ pub(crate) trait Backend: Send {
     fn len(&self, table: Table) -> Result<u64, StoreError>;
 
     /// Replaces the state record, which must still be `expected` (else [`StoreError::Moved`],
-    /// nothing written), by `state`, with `changes`: all or nothing, durable when it returns.
+    /// nothing written), by `state` of state version `version`, with `changes`: all or
+    /// nothing, durable when it returns.
     fn write(
         &mut self,
         expected: &[u8],
         changes: &[Change],
         state: &[u8],
+        version: u64,
     ) -> Result<(), StoreError>;
+
+    /// Shared backends: the records that commits after state version `version` wrote or
+    /// removed, as far as the backend still knows (`None`: it does not keep track, read
+    /// everything). Untrusted like the rest: the caller checks the result against the digest.
+    fn changes_since(&self, _version: u64) -> Result<Option<Vec<Change>>, StoreError> {
+        Ok(None)
+    }
 
     /// Shared backends: waits for the writers' lock of the store, held until
     /// [`Backend::unlock`], so that replicas commit, and tell their witnesses, one at a time.
@@ -490,6 +500,9 @@ pub struct Store {
     state: Vec<u8>,
     /// Whether this process holds the writers' lock ([`Store::lock_writers`]).
     holding: bool,
+    /// A shared store: every record's digest [seed](crate::digest::seed), so that taking in
+    /// another replica's writes costs what they changed, not a pass over the whole store.
+    index: HashMap<(Table, String), [u8; 32]>,
 }
 
 impl fmt::Debug for Store {
@@ -602,6 +615,7 @@ impl Store {
             digest: StateDigest::default(),
             state: Vec::new(),
             holding: false,
+            index: HashMap::new(),
         };
         let started = std::time::Instant::now();
         loop {
@@ -654,6 +668,13 @@ impl Store {
     }
 
     fn load(&mut self) -> Result<(), StoreError> {
+        self.load_with(false)
+    }
+
+    /// Reads and checks the state record and the records it commits to. `incremental` (a
+    /// shared store's sync): checks only the records changed since the state this process
+    /// holds, if the backend can say which, falling back to all of them.
+    fn load_with(&mut self, incremental: bool) -> Result<(), StoreError> {
         let state_name = format!("{}/{STATE_KEY}", Table::Meta.name());
         let sealed =
             self.backend
@@ -695,13 +716,32 @@ impl Store {
                 anchor_name: self.anchor.describe(),
             });
         }
-        let (records, found) = self.digest_records()?;
-        if found != digest {
-            return Err(StoreError::DigestMismatch {
-                store: self.backend.name().to_owned(),
-                version,
-                records,
-            });
+        let changed = match incremental {
+            true => self.changed_since(&digest)?,
+            false => None,
+        };
+        match changed {
+            Some(updates) => {
+                for (record, seed) in updates {
+                    match seed {
+                        Some(seed) => self.index.insert(record, seed),
+                        None => self.index.remove(&record),
+                    };
+                }
+            }
+            None => {
+                let (records, found, index) = self.digest_records()?;
+                if found != digest {
+                    return Err(StoreError::DigestMismatch {
+                        store: self.backend.name().to_owned(),
+                        version,
+                        records,
+                    });
+                }
+                if self.shared {
+                    self.index = index;
+                }
+            }
         }
         self.version = version;
         self.digest = digest;
@@ -716,6 +756,38 @@ impl Store {
         self.anchor_to(version, &state_hash)
     }
 
+    /// The changes since this process's state, each record opened, if the backend can list them
+    /// and they lead from this process's digest to `digest`; `None` otherwise (read everything).
+    #[allow(clippy::type_complexity)]
+    fn changed_since(
+        &self,
+        digest: &StateDigest,
+    ) -> Result<Option<Vec<((Table, String), Option<[u8; 32]>)>>, StoreError> {
+        let Some(changes) = self.backend.changes_since(self.version)? else {
+            return Ok(None);
+        };
+        let mut found = self.digest.clone();
+        let mut updates = Vec::with_capacity(changes.len());
+        for change in changes {
+            let record = (change.table, change.key);
+            if let Some(old) = self.index.get(&record) {
+                found.remove_seed(old);
+            }
+            let seed = match change.sealed {
+                Some(sealed) => {
+                    // Opened to prove it authenticates; the plaintext is wiped at once.
+                    drop(self.sealing.open(record.0.name(), &record.1, &sealed)?);
+                    let seed = crate::digest::seed(record.0.name(), &record.1, &sealed);
+                    found.add_seed(&seed);
+                    Some(seed)
+                }
+                None => None,
+            };
+            updates.push((record, seed));
+        }
+        Ok((found == *digest).then_some(updates))
+    }
+
     fn anchor_to(&mut self, version: u64, state_hash: &[u8; 32]) -> Result<(), StoreError> {
         let anchored = self.anchor.committed(version, state_hash)?;
         if anchored > version {
@@ -728,10 +800,13 @@ impl Store {
         Ok(())
     }
 
-    /// Opens every sealed record and returns their count and digest.
-    fn digest_records(&self) -> Result<(usize, StateDigest), StoreError> {
+    /// Opens every sealed record and returns their count, digest and seeds.
+    #[allow(clippy::type_complexity)]
+    fn digest_records(
+        &self,
+    ) -> Result<(usize, StateDigest, HashMap<(Table, String), [u8; 32]>), StoreError> {
         let mut digest = StateDigest::default();
-        let mut records = 0;
+        let mut index = HashMap::new();
         for table in Table::ALL {
             for (key, sealed) in self.backend.scan(table, "")? {
                 if table == Table::Meta && key == STATE_KEY {
@@ -739,17 +814,18 @@ impl Store {
                 }
                 // Opened to prove it authenticates; the plaintext is wiped at once.
                 drop(self.sealing.open(table.name(), &key, &sealed)?);
-                digest.add(table.name(), &key, &sealed);
-                records += 1;
+                let seed = crate::digest::seed(table.name(), &key, &sealed);
+                digest.add_seed(&seed);
+                index.insert((table, key), seed);
             }
         }
-        Ok((records, digest))
+        Ok((index.len(), digest, index))
     }
 
     /// Checks the store again as opening did: every record opens, and they are exactly the set
     /// committed at the current state version.
     pub fn verify(&self) -> Result<Verified, StoreError> {
-        let (records, digest) = self.digest_records()?;
+        let (records, digest, _) = self.digest_records()?;
         if digest != self.digest {
             return Err(StoreError::DigestMismatch {
                 store: self.backend.name().to_owned(),
@@ -774,7 +850,7 @@ impl Store {
         if current.as_deref() == Some(self.state.as_slice()) {
             return Ok(false);
         }
-        self.locked(Self::load)?;
+        self.locked(|store| store.load_with(true))?;
         Ok(true)
     }
 
@@ -805,23 +881,66 @@ impl Store {
 
     /// The plaintext of `table/key`, if present.
     pub fn get(&self, table: Table, key: &str) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
-        self.backend
-            .get(table, key)?
+        let sealed = self.backend.get(table, key)?;
+        if self.shared {
+            let committed = self.index.get(&(table, key.to_owned()));
+            let found = sealed
+                .as_ref()
+                .map(|sealed| crate::digest::seed(table.name(), key, sealed));
+            if committed != found.as_ref() {
+                return Err(self.not_committed(&format!("{}/{key}", table.name())));
+            }
+        }
+        sealed
             .map(|sealed| self.sealing.open(table.name(), key, &sealed))
             .transpose()
     }
 
     /// Every record of `table` whose key starts with `prefix`, opened, in key order.
     pub fn scan(&self, table: Table, prefix: &str) -> Result<Vec<Record>, StoreError> {
-        self.backend
+        let records: Vec<(String, Vec<u8>)> = self
+            .backend
             .scan(table, prefix)?
             .into_iter()
             .filter(|(key, _)| !(table == Table::Meta && key == STATE_KEY))
+            .collect();
+        if self.shared {
+            for (key, sealed) in &records {
+                if self.index.get(&(table, key.clone()))
+                    != Some(&crate::digest::seed(table.name(), key, sealed))
+                {
+                    return Err(self.not_committed(&format!("{}/{key}", table.name())));
+                }
+            }
+            let committed = self
+                .index
+                .keys()
+                .filter(|(t, key)| *t == table && key.starts_with(prefix))
+                .count();
+            if committed != records.len() {
+                return Err(self.not_committed(&format!("{}/{prefix}*", table.name())));
+            }
+        }
+        records
+            .into_iter()
             .map(|(key, sealed)| {
                 let plain = self.sealing.open(table.name(), &key, &sealed)?;
                 Ok((key, plain))
             })
             .collect()
+    }
+
+    /// A shared store's database answered a record, or a set of records, other than the ones
+    /// committed at this state version: every read of it is checked, since the server can answer
+    /// each query differently.
+    fn not_committed(&self, record: &str) -> StoreError {
+        StoreError::Tampered {
+            record: record.to_owned(),
+            reason: format!(
+                "the database answered something other than what state version {} committed",
+                self.version
+            ),
+        }
     }
 
     /// How many records `table` holds.
@@ -885,11 +1004,19 @@ impl Store {
                 .iter()
                 .position(|c| c.table == table && c.key == key)
             {
-                Some(i) => changes.remove(i).sealed,
-                None => self.backend.get(table, key)?,
+                Some(i) => changes
+                    .remove(i)
+                    .sealed
+                    .map(|sealed| crate::digest::seed(table.name(), key, &sealed)),
+                // A shared store knows what each record held from its index.
+                None if self.shared => self.index.get(&(table, key.to_owned())).copied(),
+                None => self
+                    .backend
+                    .get(table, key)?
+                    .map(|sealed| crate::digest::seed(table.name(), key, &sealed)),
             };
             if let Some(old) = old {
-                digest.remove(table.name(), key, &old);
+                digest.remove_seed(&old);
             }
             let sealed = match op {
                 Op::Put { plaintext, .. } => {
@@ -907,7 +1034,20 @@ impl Store {
         }
         let state = seal_state(&self.sealing, version, &digest, &self.anchor.state_data())?;
         let state_hash: [u8; 32] = Sha256::digest(&state).into();
-        self.backend.write(&self.state, &changes, &state)?;
+        self.backend.write(&self.state, &changes, &state, version)?;
+        if self.shared {
+            for change in changes {
+                let seed = change
+                    .sealed
+                    .as_ref()
+                    .map(|sealed| crate::digest::seed(change.table.name(), &change.key, sealed));
+                let record = (change.table, change.key);
+                match seed {
+                    Some(seed) => self.index.insert(record, seed),
+                    None => self.index.remove(&record),
+                };
+            }
+        }
         self.version = version;
         self.digest = digest;
         self.state = state;

@@ -107,7 +107,7 @@ fn officers_and_a_backup_restore_a_lost_kms_and_a_foreign_backup_is_refused() {
         key.expose_secret()
     );
     // A backup of another KMS (another root key) does not open under the restored root.
-    let other = Kms::open(
+    let mut other = Kms::open(
         &dir.path().join("other.redb"),
         &common::platform(),
         anchor(),

@@ -67,7 +67,7 @@ impl Deployment {
     }
 
     /// A new replica joining `from`.
-    fn join(&self, name: &str, from: &Kms) -> Kms {
+    fn join(&self, name: &str, from: &mut Kms) -> Kms {
         let snapshot = from.export_snapshot().unwrap();
         Kms::join_shared(
             &self.own(name),
@@ -129,12 +129,12 @@ fn replicas_see_each_others_keys_and_a_destroy_reaches_all_of_them() {
     a.create_org_key(&acme()).unwrap();
     let (key, wrapped) = a.generate_data_key(&acme()).unwrap();
 
-    let mut b = d.join("b", &a);
+    let mut b = d.join("b", &mut a);
     // A key A made unwraps at B.
     let unwrapped = b.unwrap_data_key(&wrapped).unwrap();
     assert_eq!(unwrapped.expose_secret(), key.expose_secret());
 
-    // B rotates; A, still on version 1, is told by the store and writes under version 2.
+    // B rotates; A, still on version 1, takes it in before writing, and writes under version 2.
     assert_eq!(b.rotate_org_key(&acme()).unwrap(), 2);
     let (_, wrapped2) = a.generate_data_key(&acme()).unwrap();
     assert_eq!(wrapped2.kek_version, 2);
@@ -163,7 +163,7 @@ fn concurrent_writers_lose_nothing() {
     let d = Deployment::new();
     let mut a = d.open("a").unwrap();
     a.create_org_key(&acme()).unwrap();
-    let b = d.join("b", &a);
+    let b = d.join("b", &mut a);
     let start = a.state_version();
     const EACH: usize = 15;
     let writers: Vec<_> = [a, b]
@@ -258,7 +258,7 @@ fn a_database_put_back_to_an_older_copy_is_refused_by_the_anchor_and_by_a_runnin
     let d = Deployment::new();
     let mut a = d.open("a").unwrap();
     a.create_org_key(&acme()).unwrap();
-    let mut b = d.join("b", &a);
+    let mut b = d.join("b", &mut a);
     d.sql("CREATE TABLE saved AS SELECT * FROM coffer_kms_records");
     let saved_version = a.state_version();
     a.destroy_org_key(&acme()).unwrap();
@@ -296,7 +296,7 @@ fn a_replica_with_a_root_key_of_its_own_is_told_to_join_and_keeps_nothing() {
     assert!(err.contains("must join"), "{err}");
     // Its own store holds no root key, so it can still join.
     assert!(exists(&d.own("b")));
-    let b = d.join("b", &a);
+    let b = d.join("b", &mut a);
     assert!(b.org_key(&acme()).is_some());
 }
 
@@ -344,5 +344,132 @@ fn a_shared_store_that_disappeared_is_not_started_afresh() {
             assert!(store.starts_with("postgres://coffer@"), "{store}")
         }
         other => panic!("expected Missing, got {other:?}"),
+    }
+}
+
+mod witnessed {
+    //! The shared store with the witness quorum as its anchor (in-process witnesses).
+
+    use std::sync::Arc;
+
+    use coffer_kms::rollback::quorum::{QuorumAnchor, QuorumHandle, Survey};
+    use coffer_kms::{Kms, KmsError, StoreError};
+
+    use super::common::witnesses::Net;
+    use super::{acme, Deployment};
+
+    const A: &str = "https://10.0.2.2:9101";
+    const B: &str = "https://10.0.2.2:9102";
+    const C: &str = "https://10.0.2.2:9103";
+
+    fn anchor(net: &Net, me: &str) -> (Box<QuorumAnchor>, QuorumHandle) {
+        let peers = [A, B, C]
+            .into_iter()
+            .filter(|p| *p != me)
+            .map(str::to_owned);
+        let (anchor, handle) =
+            QuorumAnchor::new(Arc::new(net.clone()), peers, Some(me.to_owned())).unwrap();
+        (Box::new(anchor.shared()), handle)
+    }
+
+    /// What the appliance does every two seconds.
+    fn survey(kms: &mut Kms, handle: &QuorumHandle) -> Result<(), String> {
+        match handle.survey(&[])? {
+            Survey::Unchanged => {}
+            Survey::NewSet => {
+                kms.advance_state().map_err(|e| e.to_string())?;
+            }
+            Survey::Behind { version, witness } => {
+                kms.sync().map_err(|e| e.to_string())?;
+                handle.synced(version, &witness)?;
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn replicas_witness_each_other_and_a_database_put_back_is_refused_by_a_witness() {
+        let d = Deployment::new();
+        let net = Net::default();
+        net.start(A);
+        net.start(B);
+        let (anchor_a, handle_a) = anchor(&net, A);
+        let mut a =
+            Kms::open_shared(&d.own("a"), Deployment::sealing(), d.shared(), anchor_a).unwrap();
+        // A lists the replicas that answer, itself included.
+        survey(&mut a, &handle_a).unwrap();
+        assert_eq!(handle_a.witnesses().last().unwrap().len(), 2);
+        a.create_org_key(&acme()).unwrap();
+
+        let (anchor_b, handle_b) = anchor(&net, B);
+        let snapshot = a.export_snapshot().unwrap();
+        let mut b = Kms::join_shared(
+            &d.own("b"),
+            Deployment::sealing(),
+            d.shared(),
+            anchor_b,
+            &snapshot,
+        )
+        .unwrap();
+        // Both list the same set: no change to make.
+        survey(&mut b, &handle_b).unwrap();
+        assert_eq!(handle_b.witnesses(), handle_a.witnesses());
+        // B writes; A's survey finds a witness ahead, takes the write in, and goes on.
+        b.generate_data_key(&acme()).unwrap();
+        let before = a.state_version();
+        survey(&mut a, &handle_a).unwrap();
+        assert!(a.state_version() > before);
+        assert!(handle_a.halted().is_none());
+
+        // The operator keeps a copy of the database; B destroys the org, witnessed by both.
+        d.sql("CREATE TABLE saved AS SELECT * FROM coffer_kms_records");
+        b.destroy_org_key(&acme()).unwrap();
+        let destroyed = b.state_version();
+        d.sql(
+            "BEGIN; DELETE FROM coffer_kms_records; \
+             INSERT INTO coffer_kms_records SELECT * FROM saved; COMMIT;",
+        );
+        // A replica that opens the copy is refused by the witnesses that saw the destruction.
+        net.start(C);
+        let (anchor_c, _) = anchor(&net, C);
+        match Kms::join_shared(
+            &d.own("c"),
+            Deployment::sealing(),
+            d.shared(),
+            anchor_c,
+            &snapshot,
+        ) {
+            Err(KmsError::Store(StoreError::RolledBack { anchor, .. })) => {
+                assert_eq!(anchor, destroyed)
+            }
+            other => panic!("expected RolledBack, got {other:?}"),
+        }
+        // And A, behind the witnesses, finds no newer state in the database: it stops.
+        let halt = survey(&mut a, &handle_a).unwrap_err();
+        assert!(
+            halt.contains("rolled back") || halt.contains("behind"),
+            "{halt}"
+        );
+    }
+}
+
+#[test]
+fn a_record_swapped_under_running_replicas_is_caught_at_their_next_read() {
+    let d = Deployment::new();
+    let mut a = d.open("a").unwrap();
+    a.create_org_key(&acme()).unwrap();
+    let mut b = d.join("b", &mut a);
+    let old_org = d.sealed("orgs", "acme");
+    a.rotate_org_key(&acme()).unwrap();
+    b.sync().unwrap();
+    // The operator puts back the org record from before the rotation, leaving its version
+    // column alone, so the swap is not among the changes a replica is told about.
+    d.set_sealed("orgs", "acme", &old_org);
+    a.generate_data_key(&acme()).unwrap();
+    match b.sync() {
+        Err(KmsError::Store(StoreError::Tampered { record, reason })) => {
+            assert_eq!(record, "orgs/acme", "{reason}");
+        }
+        other => panic!("expected Tampered, got {other:?}"),
     }
 }

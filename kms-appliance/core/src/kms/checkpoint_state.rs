@@ -89,7 +89,7 @@ impl Kms {
     ) -> Result<Vec<u8>, CheckpointError> {
         // A replica signs after the last checkpoint any replica signed, and no other signs
         // meanwhile.
-        self.writing(|kms| kms.sign_checkpoint_once(origin, checkpoint, consistency_proof))
+        self.serialized(|kms| kms.sign_checkpoint_once(origin, checkpoint, consistency_proof))
     }
 
     fn sign_checkpoint_once(

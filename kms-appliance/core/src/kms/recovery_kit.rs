@@ -18,7 +18,7 @@ impl Kms {
         deployment_id: &str,
     ) -> Result<RecoveryKit, KmsError> {
         // A replica hands out the kit another replica made; only one of them makes it.
-        self.writing(|kms| kms.recovery_kit_once(policy, deployment_id))
+        self.serialized(|kms| kms.recovery_kit_once(policy, deployment_id))
     }
 
     fn recovery_kit_once(

@@ -151,7 +151,7 @@ impl Kms {
     /// it). With the recovery officers' shares it brings a lost KMS back
     /// ([`Kms::restore`]). A backup is as old as it is: restoring an old one loses what came
     /// after.
-    pub fn export_backup(&self) -> Result<Vec<u8>, KmsError> {
+    pub fn export_backup(&mut self) -> Result<Vec<u8>, KmsError> {
         let mut snapshot = self.export_snapshot()?;
         // Zeroizing a String wipes its bytes and empties it.
         snapshot.root_key.zeroize();
@@ -162,7 +162,11 @@ impl Kms {
 
     /// The root key and every record, for a KMS joining this one. The caller must have checked
     /// that the receiver is an attested, pinned kms.
-    pub fn export_snapshot(&self) -> Result<Snapshot, KmsError> {
+    pub fn export_snapshot(&mut self) -> Result<Snapshot, KmsError> {
+        self.serialized(|kms| kms.snapshot())
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, KmsError> {
         let mut records = Vec::new();
         for table in Table::ALL {
             for (key, value) in self.store.scan(table, "")? {

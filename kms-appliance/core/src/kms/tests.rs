@@ -94,7 +94,7 @@ fn keys_made_before_a_rotation_still_unwrap_until_their_version_is_retired() {
 
     // The same after a restart: retirement was durable and the wrapped KEK is gone from disk.
     drop(kms);
-    let kms = open(&dir, &anchor);
+    let mut kms = open(&dir, &anchor);
     assert!(matches!(
         kms.unwrap_data_key(&wrapped1),
         Err(KmsError::KekVersionRetired { .. })
@@ -151,7 +151,7 @@ fn destroying_an_org_key_shreds_every_version_and_nothing_of_the_org_unwraps_aga
     // After a restart, from the disk alone: no wrapped KEK and no data-key record of acme
     // remains, and no KEK that remains (whatever its org) opens any of acme's wrapped keys,
     // even when presented without the org check.
-    let kms = open(&dir, &anchor);
+    let mut kms = open(&dir, &anchor);
     assert!(kms.store.scan(Table::Keks, "acme/").unwrap().is_empty());
     assert!(kms.store.scan(Table::Deks, "acme/").unwrap().is_empty());
     assert!(kms.data_keys(&acme).unwrap().is_empty());
@@ -337,7 +337,7 @@ fn after_a_rotation_keys_move_to_the_current_version_lazily_on_unwrap_and_in_bul
     // do not, and the moves survived a restart.
     kms.retire_org_key_version(&acme, 1).unwrap();
     drop(kms);
-    let kms = open(&dir, &anchor);
+    let mut kms = open(&dir, &anchor);
     for (key, wrapped) in &old {
         assert!(matches!(
             kms.unwrap_data_key(wrapped),

@@ -230,6 +230,7 @@ impl Backend for Embedded {
         expected: &[u8],
         changes: &[Change],
         state: &[u8],
+        _version: u64,
     ) -> Result<(), StoreError> {
         let mut txn = self
             .db

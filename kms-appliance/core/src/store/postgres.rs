@@ -41,11 +41,22 @@ pub const WRITERS_LOCK: i64 = 0x3c2d_6b4a_1f0e_5d7b;
 
 const HEADER_TABLE: &str = "header";
 
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS coffer_kms_records (\
-    tbl TEXT NOT NULL, \
-    key TEXT NOT NULL, \
-    sealed BYTEA NOT NULL, \
-    PRIMARY KEY (tbl, key))";
+/// The records, each with the state version of the commit that wrote it; and the records
+/// commits removed (with that version), kept for [`TOMBSTONE_VERSIONS`] versions: what a replica
+/// reads to take in the others' writes without reading every record.
+const SCHEMA: [&str; 4] = [
+    "CREATE TABLE IF NOT EXISTS coffer_kms_records (\
+     tbl TEXT NOT NULL, key TEXT NOT NULL, sealed BYTEA NOT NULL, \
+     version BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (tbl, key))",
+    "CREATE INDEX IF NOT EXISTS coffer_kms_records_version ON coffer_kms_records (version)",
+    "CREATE TABLE IF NOT EXISTS coffer_kms_removed (\
+     tbl TEXT NOT NULL, key TEXT NOT NULL, version BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS coffer_kms_removed_version ON coffer_kms_removed (version)",
+];
+
+/// How many state versions removals are remembered for: a replica further behind reads every
+/// record instead (its digest check fails on the incomplete list, and it falls back).
+pub const TOMBSTONE_VERSIONS: i64 = 100_000;
 
 /// `url` without a password or query parameters (which may carry one), for messages.
 pub fn redacted(url: &str) -> String {
@@ -113,7 +124,9 @@ impl Postgres {
     ) -> Result<(), StoreError> {
         self.with("creating the table", |c| {
             Box::pin(async move {
-                sqlx::query(SCHEMA).execute(&mut *c).await?;
+                for statement in SCHEMA {
+                    sqlx::query(statement).execute(&mut *c).await?;
+                }
                 Ok(())
             })
         })?;
@@ -256,7 +269,13 @@ impl Backend for Postgres {
         expected: &[u8],
         changes: &[Change],
         state: &[u8],
+        version: u64,
     ) -> Result<(), StoreError> {
+        let version = i64::try_from(version).map_err(|_| StoreError::Db {
+            store: self.name.clone(),
+            op: "committing",
+            reason: format!("state version {version} does not fit a BIGINT"),
+        })?;
         let (mut put_tables, mut put_keys, mut put_values) = (Vec::new(), Vec::new(), Vec::new());
         let (mut removed_tables, mut removed_keys) = (Vec::new(), Vec::new());
         for change in changes {
@@ -294,18 +313,33 @@ impl Backend for Postgres {
                     "DELETE FROM coffer_kms_records r USING UNNEST($1::text[], $2::text[]) AS d(tbl, key) \
                      WHERE r.tbl = d.tbl AND r.key = d.key",
                 )
-                .bind(removed_tables)
-                .bind(removed_keys)
+                .bind(&removed_tables)
+                .bind(&removed_keys)
                 .execute(&mut *txn)
                 .await?;
                 sqlx::query(
-                    "INSERT INTO coffer_kms_records (tbl, key, sealed) \
-                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[]) \
-                     ON CONFLICT (tbl, key) DO UPDATE SET sealed = EXCLUDED.sealed",
+                    "INSERT INTO coffer_kms_removed (tbl, key, version) \
+                     SELECT tbl, key, $3 FROM UNNEST($1::text[], $2::text[]) AS d(tbl, key)",
+                )
+                .bind(&removed_tables)
+                .bind(&removed_keys)
+                .bind(version)
+                .execute(&mut *txn)
+                .await?;
+                sqlx::query("DELETE FROM coffer_kms_removed WHERE version < $1")
+                    .bind(version.saturating_sub(TOMBSTONE_VERSIONS))
+                    .execute(&mut *txn)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO coffer_kms_records (tbl, key, sealed, version) \
+                     SELECT tbl, key, sealed, $4 \
+                     FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS p(tbl, key, sealed) \
+                     ON CONFLICT (tbl, key) DO UPDATE SET sealed = EXCLUDED.sealed, version = EXCLUDED.version",
                 )
                 .bind(put_tables)
                 .bind(put_keys)
                 .bind(put_values)
+                .bind(version)
                 .execute(&mut *txn)
                 .await?;
                 txn.commit().await?;
@@ -318,6 +352,50 @@ impl Backend for Postgres {
             });
         }
         Ok(())
+    }
+
+    fn changes_since(&self, version: u64) -> Result<Option<Vec<Change>>, StoreError> {
+        let Ok(version) = i64::try_from(version) else {
+            return Ok(None);
+        };
+        let rows = self.with("reading what other replicas wrote", |c| {
+            Box::pin(async move {
+                // Written since (the state record and the header aside), then removed since and
+                // not written again.
+                let rows = sqlx::query(
+                    "SELECT tbl, key, sealed FROM coffer_kms_records \
+                     WHERE version > $1 AND tbl <> $2 AND NOT (tbl = $3 AND key = $4) \
+                     UNION ALL \
+                     SELECT DISTINCT d.tbl, d.key, NULL::bytea FROM coffer_kms_removed d \
+                     WHERE d.version > $1 AND NOT EXISTS \
+                     (SELECT 1 FROM coffer_kms_records r WHERE r.tbl = d.tbl AND r.key = d.key)",
+                )
+                .bind(version)
+                .bind(HEADER_TABLE)
+                .bind(Table::Meta.name())
+                .bind(STATE_KEY)
+                .fetch_all(&mut *c)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok((
+                            row.try_get::<String, _>("tbl")?,
+                            row.try_get::<String, _>("key")?,
+                            row.try_get::<Option<Vec<u8>>, _>("sealed")?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+            })
+        })?;
+        let mut changes = Vec::with_capacity(rows.len());
+        for (tbl, key, sealed) in rows {
+            // A table this version does not know: read everything (and fail there by name).
+            let Some(table) = Table::from_name(&tbl) else {
+                return Ok(None);
+            };
+            changes.push(Change { table, key, sealed });
+        }
+        Ok(Some(changes))
     }
 
     fn lock(&mut self) -> Result<(), StoreError> {

@@ -53,3 +53,4 @@ pub fn platform() -> SimService {
 
 pub mod issuer;
 pub mod mesh;
+pub mod witnesses;

@@ -34,7 +34,18 @@ fn bin_dir() -> PathBuf {
 }
 
 impl Postgres {
+    /// A server for tests: `fsync` off (its durability is not under test, and it is faster).
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A server with `fsync` on, as an operator would run it: for benchmarks.
+    #[allow(dead_code)]
+    pub fn start_durable() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(fsync: bool) -> Self {
         let bin = bin_dir();
         let dir = tempfile::tempdir().unwrap();
         let as_user = |cmd: &mut Command| {
@@ -90,7 +101,7 @@ impl Postgres {
                 "-c",
                 "listen_addresses=127.0.0.1",
                 "-c",
-                "fsync=off",
+                if fsync { "fsync=on" } else { "fsync=off" },
                 "-c",
                 "max_connections=100",
             ])
