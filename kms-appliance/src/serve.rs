@@ -5,7 +5,9 @@
 //! manifest's `kms.authz`, and serves [`KmsApi`] over the attested mesh to the roles given with
 //! `--accept`, plus the attestation endpoint for people. Every decision goes to the audit
 //! journal (and the console) before anything is released; the control plane collects the
-//! journal into its audit log ([`coffer_kms::api::journal`]).
+//! journal into its audit log ([`coffer_kms::api::journal`]). The journal is kept on the data
+//! disk, beside the state but outside it, and flushed every half second: a crash loses at most
+//! that much, and what the previous process left uncollected is carried over at start.
 //!
 //! A blank data disk with a join hint (`coffer run --kms-join`, see
 //! [`coffer_types::JOIN_HINT_OFFSET`]) makes this KMS a replica or the upgraded image of an
@@ -35,6 +37,7 @@ use std::sync::Arc;
 use clap::Parser;
 use coffer_appliance::mesh::ServeArgs;
 use coffer_evidence::EvidenceProvider;
+use coffer_kms::api::journal::{DEFAULT_CAPACITY, FLUSH_INTERVAL};
 use coffer_kms::api::AuditJournal;
 use coffer_kms::api::REPLICA_SNAPSHOT_PATH;
 use coffer_kms::rollback::quorum::transport::EndpointTransport;
@@ -268,12 +271,24 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
         );
         kit_json = Some(serde_json::to_string(&kit).map_err(|e| format!("recovery kit: {e}"))?);
     }
-    // Every decision is journaled (and logged) until the control plane collects it.
-    let journal = Arc::new(
-        AuditJournal::new(coffer_kms::api::journal::DEFAULT_CAPACITY).map_err(|e| e.to_string())?,
+    // Every decision is journaled (and logged) until the control plane collects it; the journal
+    // is on the data disk, and what the previous process left uncollected comes first.
+    let journal_store = kms
+        .journal_store()
+        .map_err(|e| format!("audit journal: {e}"))?;
+    let (journal, replay) = AuditJournal::durable(journal_store, DEFAULT_CAPACITY)
+        .map_err(|e| format!("refusing to serve without the audit journal: {e}"))?;
+    let journal = Arc::new(journal);
+    tracing::info!(
+        journal = journal.id(),
+        previous = %replay.previous.join(","),
+        replayed = replay.replayed,
+        tampered = replay.tampered,
+        missing = replay.missing,
+        "audit journal started"
     );
-    tracing::info!(journal = journal.id(), "audit journal started");
-    let api = Arc::new(KmsApi::with_journal(kms, authorizer, journal));
+    rt.spawn(journal.flusher(FLUSH_INTERVAL));
+    let api = Arc::new(KmsApi::with_journal(kms, authorizer, journal.clone()));
     rt.spawn(survey_witnesses(quorum, witness, api.clone()));
     if shared.is_some() {
         rt.spawn(sync_shared_store(api.clone()));
@@ -284,12 +299,18 @@ fn run(args: &ServeArgs) -> Result<ExitCode, String> {
         api.clone(),
         origin,
     ));
-    rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&args.listen).await?;
-        tracing::info!(listen = %args.listen, accept = ?args.accept, "kms-serve: listening");
-        coffer_mesh::http::serve(node, listener, args.accept.clone(), api.handler(), None).await
-    })
-    .map_err(|e| e.to_string())?;
+    let served = rt
+        .block_on(async {
+            let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+            tracing::info!(listen = %args.listen, accept = ?args.accept, "kms-serve: listening");
+            coffer_mesh::http::serve(node, listener, args.accept.clone(), api.handler(), None).await
+        })
+        .map_err(|e| e.to_string());
+    // Whatever ended serving, what was recorded since the last flush goes to the disk too.
+    if let Err(e) = journal.flush() {
+        tracing::error!(error = %e, "audit journal: last flush failed");
+    }
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -332,11 +353,19 @@ async fn sync_shared_store(api: Arc<KmsApi>) {
             // Rolled back, tampered with, or not what was committed: stop, as at open.
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "shared store: refusing to serve from it; stopping");
-                std::process::exit(1);
+                stop(&api);
             }
             Err(e) => tracing::error!(error = %e, "shared store: sync task failed"),
         }
     }
+}
+
+/// Stops the process (the init restarts it) after a last flush of the audit journal.
+fn stop(api: &KmsApi) -> ! {
+    if let Some(Err(e)) = api.journal().map(|j| j.flush()) {
+        tracing::error!(error = %e, "audit journal: last flush failed");
+    }
+    std::process::exit(1);
 }
 
 /// How often the running KMS asks its peers what they hold for it.
@@ -361,7 +390,7 @@ async fn survey_witnesses(quorum: QuorumHandle, witness: Arc<WitnessTable>, api:
                     Ok(Ok(_)) => {
                         if let Err(halt) = quorum.synced(version, &witness) {
                             tracing::error!(%halt, "rollback witnesses: this KMS must not serve; stopping");
-                            std::process::exit(1);
+                            stop(&api);
                         }
                     }
                     // Unreachable store: the next survey asks again.
@@ -389,7 +418,7 @@ async fn survey_witnesses(quorum: QuorumHandle, witness: Arc<WitnessTable>, api:
             }
             Ok(Err(halt)) => {
                 tracing::error!(%halt, "rollback witnesses: this KMS must not serve; stopping");
-                std::process::exit(1);
+                stop(&api);
             }
             Err(e) => tracing::error!(error = %e, "rollback witnesses: survey task failed"),
         }

@@ -12,35 +12,22 @@
 //! a data disk (a raw device or a fixed-size file, see `coffer_kms::store::disk`), or (feature
 //! `postgres`) `postgres:LOCAL_FILE,URL` for a replica of a shared store.
 
+#[path = "support/platform.rs"]
+mod support;
+
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use coffer_kms::rollback::Unanchored;
 use coffer_kms::store::Location;
 use coffer_kms::{Kms, OrgId};
-use coffer_sim::{SimGuest, SimRoot, SimService};
+use coffer_sim::SimService;
 use sha2::{Digest, Sha256};
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [store, sim_dir, measurement] = args.as_slice() else {
-        bail!("usage: kms-crash-writer STORE SIM_DIR MEASUREMENT_HEX");
-    };
-    let measurement: [u8; 48] = hex::decode(measurement)
-        .ok()
-        .and_then(|m| m.try_into().ok())
-        .context("MEASUREMENT_HEX must be 96 hex digits")?;
-    let root = SimRoot::load(&PathBuf::from(sim_dir)).context("loading the sim chain")?;
-    let platform = SimService::new(
-        Arc::new(root),
-        SimGuest {
-            measurement,
-            host_data: [0; 32],
-            policy: 0x30000,
-        },
-    );
+    let (store, platform) = support::from_args("kms-crash-writer")?;
+    let store = store.as_str();
     // Crash safety, not rollback, is under test here: no anchor.
     let anchor = Box::new(Unanchored::accepting_rollback());
     let mut kms = if let Some(device) = store.strip_prefix("disk:") {

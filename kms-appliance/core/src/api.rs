@@ -200,7 +200,10 @@ fn kms_error(error: KmsError) -> ApiError {
             tracing::error!(error = %message, "kms store failure");
             ApiError::internal("store_error")
         }
-        KmsError::Key(_) | KmsError::Record { .. } | KmsError::Recovery(_) => {
+        KmsError::Key(_)
+        | KmsError::Record { .. }
+        | KmsError::Recovery(_)
+        | KmsError::JournalTaken => {
             tracing::error!(error = %message, "kms internal failure");
             ApiError::internal("kms_error")
         }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::keys::{DataKey, Kek, KeyError, KeyId, OrgId, RootKey, WrappedDataKey, WrappedKek};
 use crate::rollback::{Unanchored, VersionAnchor};
+use crate::store::journal::JournalStore;
 use crate::store::{Batch, Location, SealingKey, Store, StoreError, Table, Verified};
 
 const ROOT_KEY: &str = "root";
@@ -88,6 +89,10 @@ pub enum KmsError {
     /// Splitting or restoring the root key failed.
     #[error(transparent)]
     Recovery(#[from] crate::recovery::RecoveryError),
+    /// The audit journal's store was handed out already: a second journal on it would take
+    /// the first one's entries for a previous process's and replay them from under it.
+    #[error("the audit journal's store was already handed out: one journal per KMS process")]
+    JournalTaken,
 }
 
 /// The status of one KEK version.
@@ -192,6 +197,8 @@ pub struct Kms {
     keks: BTreeMap<(OrgId, u32), WrappedKek>,
     /// The last audit checkpoint signed, read at open ([`checkpoint_state`]).
     audit_checkpoint: Option<crate::checkpoint::SignedCheckpoint>,
+    /// Whether [`Kms::journal_store`] handed out the journal's store.
+    journal_taken: bool,
 }
 
 impl std::fmt::Debug for Kms {
@@ -353,6 +360,7 @@ impl Kms {
             orgs: BTreeMap::new(),
             keks: BTreeMap::new(),
             audit_checkpoint: None,
+            journal_taken: false,
         };
         // A shared store: read under the writers' lock, on the newest state.
         kms.serialized(Self::load)?;
@@ -413,6 +421,20 @@ impl Kms {
         }
         self.load()?;
         Ok(true)
+    }
+
+    /// The records of this process's audit journal ([`crate::api::AuditJournal::durable`]): in
+    /// the one store of a single KMS, in the replica's own local store of a replicated
+    /// deployment (journals are per process; the shared store is PostgreSQL, which keeps none).
+    /// A separate handle on the embedded database, so the journal's flushes never wait for the
+    /// mutex the API keeps around the `Kms`. Handed out once ([`KmsError::JournalTaken`]).
+    pub fn journal_store(&mut self) -> Result<JournalStore, KmsError> {
+        if self.journal_taken {
+            return Err(KmsError::JournalTaken);
+        }
+        let store = self.local.as_ref().unwrap_or(&self.store).journal()?;
+        self.journal_taken = true;
+        Ok(store)
     }
 
     /// Whether other replicas write this KMS's state too ([`Kms::open_shared`]).
@@ -830,4 +852,4 @@ mod checkpoint_state;
 mod recovery_kit;
 pub mod replica;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -10,7 +10,9 @@
 //! - [`store`]: the KMS state in a [`redb`] file or on a raw data disk ([`store::disk`]), every
 //!   record AES-256-GCM-sealed under the platform sealing key with associated data binding
 //!   table, key and format; a state version raised by every durable commit, and a [`digest`] of
-//!   the whole record set.
+//!   the whole record set. Beside the state, outside it: the audit journal's records
+//!   ([`store::journal`], flushed every half second and carried over at restart by
+//!   [`api::journal`]).
 //! - [`Snapshot`] (`Kms::export_snapshot` / `Kms::join`): root key and records handed to a
 //!   joining, pinned kms (replica or upgrade); `Kms::export_backup` / `Kms::restore`: the
 //!   records sealed under a root-derived key, restored with the officers' root key.

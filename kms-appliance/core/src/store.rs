@@ -34,6 +34,15 @@
 //! read ([`StoreError::Moved`]). A replica takes in the others' writes with [`Store::sync`],
 //! which checks the new state as an open does and never accepts an older one.
 //!
+//! **The audit journal** ([`journal`]) keeps its records in the same embedded database, in a
+//! table of its own that is *not* part of the state: not in the digest, not counted by the
+//! state version, never told to the rollback anchor (a journal flush every half second must
+//! not talk to witnesses). Its records are sealed under the same key with their own associated
+//! data (journal id and sequence number), so the host cannot forge, alter, reorder or move
+//! them; it can delete them or roll the file back, which loses decisions not yet collected.
+//! Only embedded stores keep a journal ([`Store::journal`]): a replica of a shared store keeps
+//! its journal in its own local store.
+//!
 //! **Trusts:** the platform for the sealing key (and, for a shared store, the replicas' join
 //! for the root key), the anchor for the newest version, and the backend for atomicity and
 //! durability (not for integrity: records the host rewrote are caught by the checks above).
@@ -54,10 +63,12 @@ use crate::rollback::{self, AnchorError, Verdict, VersionAnchor};
 
 pub mod disk;
 mod embedded;
+pub mod journal;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
 use self::disk::DiskError;
+use self::journal::JournalStore;
 
 /// Where a store lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,6 +265,12 @@ pub enum StoreError {
     /// The anchor failed.
     #[error(transparent)]
     Anchor(#[from] AnchorError),
+    /// The store cannot keep the audit journal: only an embedded (redb) store can.
+    #[error("{store} cannot keep the KMS audit journal: only an embedded store (a file or a data disk) can; a replica of a shared store keeps its journal in its own local store")]
+    NoJournal {
+        /// The store ([`Location::describe`]).
+        store: String,
+    },
     /// A record could not be sealed.
     #[error("sealing record {record}: {reason}")]
     Seal {
@@ -296,6 +313,14 @@ impl SealingKey {
     /// ([`crate::keys::RootKey::shared_state_key`]).
     pub(crate) fn shared(key: Zeroizing<[u8; KEY_LEN]>) -> Self {
         Self { key }
+    }
+
+    /// A second handle on the same key (wiped on drop like the first), for the audit journal,
+    /// which seals its records apart from the [`Store`] and outlives its mutex.
+    fn duplicate(&self) -> Self {
+        Self {
+            key: self.key.clone(),
+        }
     }
 
     /// A public id of the key: the first 16 bytes of SHA-256(label ‖ key). It tells two keys
@@ -450,6 +475,12 @@ pub(crate) trait Backend: Send {
     /// store opened with another key says so instead of reporting tampering. It decides
     /// nothing: a forged id only changes which error the refusal carries.
     fn header(&self) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The embedded database, shared with the audit journal ([`journal`]); `None` for
+    /// backends that cannot keep one.
+    fn journal_db(&self) -> Option<std::sync::Arc<redb::Database>> {
+        None
+    }
 
     /// The sealed record `table/key`.
     fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
@@ -872,6 +903,23 @@ impl Store {
     /// Closes the store, giving back its sealing key and anchor (to reopen it).
     pub(crate) fn into_parts(self) -> (SealingKey, Box<dyn VersionAnchor>) {
         (self.sealing, self.anchor)
+    }
+
+    /// A handle on this store's audit journal records ([`journal`]): the same database and
+    /// sealing key, a table outside the state. Only embedded stores keep one
+    /// ([`StoreError::NoJournal`]). One journal per process: see [`crate::Kms::journal_store`].
+    pub fn journal(&self) -> Result<JournalStore, StoreError> {
+        let db = self
+            .backend
+            .journal_db()
+            .ok_or_else(|| StoreError::NoJournal {
+                store: self.backend.name().to_owned(),
+            })?;
+        Ok(JournalStore::new(
+            db,
+            self.sealing.duplicate(),
+            self.backend.name().to_owned(),
+        ))
     }
 
     /// The anchor, as [`VersionAnchor::describe`] says.

@@ -10,9 +10,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use coffer_kms::rollback::Unanchored;
@@ -20,23 +18,6 @@ use coffer_kms::store::Location;
 use coffer_kms::{Kms, OrgId, WrappedDataKey};
 use rand_core::RngCore;
 use sha2::{Digest, Sha256};
-
-/// The example binary `cargo test` builds beside the test binaries.
-fn writer() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("examples")
-        .join("kms-crash-writer");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test -p coffer-kms` (which builds examples), or `cargo build -p coffer-kms --example kms-crash-writer`",
-        path.display()
-    );
-    path
-}
 
 #[test]
 fn every_acknowledged_key_survives_sigkill_at_random_points() {
@@ -117,7 +98,7 @@ impl Target {
 
 fn kill_loop(store: Target) {
     common::sim_root(); // make sure the chain the writer loads exists
-    let writer = writer();
+    let writer = common::example("kms-crash-writer");
     let store_arg = store.arg();
     let measurement = hex::encode(common::KMS_MEASUREMENT);
 
@@ -127,36 +108,16 @@ fn kill_loop(store: Target) {
     // verifies the store, most in the middle of the write loop.
     for (round, base_ms) in [5u64, 60, 120, 200, 300, 450, 650].into_iter().enumerate() {
         let delay = Duration::from_millis(base_ms + rand_core::OsRng.next_u64() % 80);
-        let mut child = Command::new(&writer)
-            .arg(&store_arg)
-            .arg(common::sim_root_dir())
-            .arg(&measurement)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut lines = Vec::new();
-            let mut reader = BufReader::new(stdout);
-            loop {
-                let mut line = Vec::new();
-                match reader.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => break,
-                    // A line cut by the kill was never acknowledged.
-                    Ok(_) if line.last() != Some(&b'\n') => break,
-                    Ok(_) => lines.push(String::from_utf8(line).unwrap()),
-                }
-            }
-            lines
-        });
-        std::thread::sleep(delay);
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("round {round}: the writer exited by itself with {status}");
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        let lines = reader.join().unwrap();
+        let lines = common::run_until_killed(
+            &writer,
+            &[
+                store_arg.as_ref(),
+                common::sim_root_dir().as_os_str(),
+                measurement.as_ref(),
+            ],
+            delay,
+            round,
+        );
         for line in &lines {
             let mut words = line.split_whitespace();
             match (words.next(), words.next(), words.next()) {

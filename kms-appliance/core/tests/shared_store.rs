@@ -473,3 +473,33 @@ fn a_record_swapped_under_running_replicas_is_caught_at_their_next_read() {
         other => panic!("expected Tampered, got {other:?}"),
     }
 }
+
+#[test]
+fn each_replica_keeps_its_audit_journal_in_its_own_store_not_the_shared_one() {
+    use coffer_kms::api::AuditJournal;
+    use coffer_kms::AuditSink;
+
+    let d = Deployment::new();
+    let mut a = d.open("a").unwrap();
+    a.create_org_key(&acme()).unwrap();
+    let mut b = d.join("b", &mut a);
+    let event = common::decision("");
+    let version = a.state_version();
+    let (ja, _) = AuditJournal::durable(a.journal_store().unwrap(), 10).unwrap();
+    let (jb, _) = AuditJournal::durable(b.journal_store().unwrap(), 10).unwrap();
+    ja.record(&event).unwrap();
+    ja.flush().unwrap();
+    // Nothing reached the shared state (no version, no record for the digest).
+    assert_eq!(a.state_version(), version);
+    b.sync().unwrap();
+    b.verify().unwrap();
+    drop((ja, jb, a, b));
+
+    // Restarted, each replica finds only its own journal's entries.
+    let mut a = d.open("a").unwrap();
+    let mut b = d.open("b").unwrap();
+    let (_, replay) = AuditJournal::durable(a.journal_store().unwrap(), 10).unwrap();
+    assert_eq!(replay.replayed, 1);
+    let (_, replay) = AuditJournal::durable(b.journal_store().unwrap(), 10).unwrap();
+    assert_eq!(replay.replayed, 0);
+}

@@ -148,6 +148,10 @@ pub enum Operation {
     /// The control plane collecting the audit journal; see
     /// [`super::Authorizer::authorize_audit_collect`].
     CollectAudit,
+    /// Not a request: the KMS carrying a previous process's uncollected journal entries into
+    /// its new journal at start ([`crate::api::AuditJournal::durable`]). Appears only, denied,
+    /// in the entry that stands for a record it refused to carry over (tampered or missing).
+    ReplayJournal,
 }
 
 /// Why a request was denied: a stable code (its serde name, also [`Reason::code`]).
@@ -202,6 +206,12 @@ pub enum Reason {
     RecipientNotInJob,
     /// A checkpoint request names another checkpoint than the one sent.
     CheckpointMismatch,
+    /// A journal record of a previous process did not authenticate (altered, forged or
+    /// moved on the disk): its decision is lost and was not carried over.
+    JournalEntryTampered,
+    /// Sequence numbers inside a previous process's journal were missing on the disk
+    /// (deleted): their decisions are lost.
+    JournalEntriesMissing,
 }
 
 impl Reason {
@@ -232,6 +242,8 @@ impl Reason {
             Self::DatasetNotInJob => "dataset_not_in_job",
             Self::RecipientNotInJob => "recipient_not_in_job",
             Self::CheckpointMismatch => "checkpoint_mismatch",
+            Self::JournalEntryTampered => "journal_entry_tampered",
+            Self::JournalEntriesMissing => "journal_entries_missing",
         }
     }
 }

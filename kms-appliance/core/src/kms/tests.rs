@@ -25,7 +25,7 @@ pub(crate) fn shared_sim_root() -> SimRoot {
 }
 
 /// One simulated secure processor for this test binary.
-fn platform() -> SimService {
+pub(crate) fn platform() -> SimService {
     static ROOT: OnceLock<Arc<SimRoot>> = OnceLock::new();
     let root = ROOT.get_or_init(|| Arc::new(shared_sim_root()));
     SimService::new(

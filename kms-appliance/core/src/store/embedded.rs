@@ -1,8 +1,13 @@
 //! The embedded backend: a [`redb`] database in a file or on the appliance's raw data disk
 //! ([`super::disk`]). One process owns it (redb locks a file; the disk is `flock`ed), so there is
 //! no writers' lock to take.
+//!
+//! The database is shared (an [`Arc`]) with the audit journal's records ([`super::journal`]),
+//! which live in a table of their own outside the sealed state; redb runs one write
+//! transaction at a time, so a journal flush and a state commit simply take turns.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -18,7 +23,7 @@ fn def(table: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
 
 /// A redb database holding the sealed records.
 pub(super) struct Embedded {
-    db: Database,
+    db: Arc<Database>,
     name: String,
 }
 
@@ -72,7 +77,10 @@ pub(super) fn open(
             })
         }
     };
-    Ok(Embedded { db, name })
+    Ok(Embedded {
+        db: Arc::new(db),
+        name,
+    })
 }
 
 /// Creates a new store at `path`. The file is built under a staging name and renamed into place
@@ -176,6 +184,10 @@ impl Embedded {
 impl Backend for Embedded {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn journal_db(&self) -> Option<Arc<Database>> {
+        Some(self.db.clone())
     }
 
     fn header(&self) -> Result<Option<Vec<u8>>, StoreError> {

@@ -54,3 +54,81 @@ pub fn platform() -> SimService {
 pub mod issuer;
 pub mod mesh;
 pub mod witnesses;
+
+/// The example binary `name` that `cargo test` builds beside the test binaries.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test -p coffer-kms` (which builds examples), or `cargo build -p coffer-kms --example {name}`",
+        path.display()
+    );
+    path
+}
+
+/// Runs `program` with `args`, kills it with SIGKILL after `delay`, and returns the lines it
+/// printed completely (a line the kill cut stated nothing). Panics if it exited by itself.
+pub fn run_until_killed(
+    program: &std::path::Path,
+    args: &[&std::ffi::OsStr],
+    delay: std::time::Duration,
+    round: usize,
+) -> Vec<String> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        let mut reader = std::io::BufReader::new(stdout);
+        loop {
+            let mut line = Vec::new();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) if line.last() != Some(&b'\n') => break,
+                Ok(_) => lines.push(String::from_utf8(line).unwrap()),
+            }
+        }
+        lines
+    });
+    std::thread::sleep(delay);
+    if let Some(status) = child.try_wait().unwrap() {
+        panic!(
+            "round {round}: {} exited by itself with {status}",
+            program.display()
+        );
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    reader.join().unwrap()
+}
+
+/// An allowed unwrap by alice of acme, as the journal tests record it.
+pub fn decision(message: &str) -> coffer_kms::authz::AuditEvent {
+    use coffer_kms::authz::{AuditEvent, Operation, Outcome};
+    AuditEvent {
+        time: 1,
+        peer_role: None,
+        peer_measurement: None,
+        subject: Some("user:alice".into()),
+        issuer: None,
+        credential_id: None,
+        operation: Operation::UnwrapDataKey,
+        org: "acme".into(),
+        workspace: None,
+        key_id: None,
+        outcome: Outcome::Allowed,
+        reason: None,
+        message: message.into(),
+    }
+}

@@ -10,12 +10,26 @@
 //! the same events again, and the next request acknowledges them.
 //!
 //! A journal the hub has not seen before means the KMS started (again): the hub appends a
-//! `kms.journal_started` entry naming the previous journal and how far it had collected it, so
-//! the log says where decisions made just before a KMS restart may be missing.
+//! `kms.journal_started` entry naming the previous journal and how far it had collected it.
+//!
+//! **Replayed entries.** The KMS keeps its journal on its disk and, at start, carries what the
+//! previous process left uncollected over into the new journal, each entry marked
+//! `replayed_from: {journal, seq}`, its original position. The hub may have appended some of
+//! them already: collected just before the crash, with the acknowledgement (the next request)
+//! never seen. So a replayed entry is appended only if its original sequence number is past what
+//! the log holds of its original journal: the journal's collected position (`kms_journals`),
+//! or what earlier replays of it brought in (`kms_journal_replays`, raised by every replayed
+//! entry appended, in the same transaction). A KMS carries entries over in order, so holding
+//! `(journal, seq)` means holding every entry of that journal up to `seq`. Skipped entries still
+//! advance the new journal's position. An entry that stands for records the KMS could not carry
+//! over (`kms.replay_journal`, denied, the KMS as actor: tampered or missing on its disk) has no
+//! original position when it is made, so it is appended like a new decision.
 
-use coffer_kms::api::journal::MAX_PAGE;
+use std::collections::HashMap;
+
+use coffer_kms::api::journal::{JournalPosition, MAX_PAGE};
 use coffer_kms::api::AUDIT_EVENTS_PATH;
-use coffer_kms::authz::{AuditCollectClaims, AuditEvent, Outcome};
+use coffer_kms::authz::{AuditCollectClaims, AuditEvent, Operation, Outcome};
 use coffer_mesh::endpoint::request_attested;
 use serde::Deserialize;
 use serde_json::json;
@@ -63,6 +77,9 @@ struct Page {
 struct Entry {
     seq: u64,
     event: AuditEvent,
+    /// Where a replayed entry was first recorded (absent from KMSs that do not replay).
+    #[serde(default)]
+    replayed_from: Option<JournalPosition>,
 }
 
 /// The KMS endpoint's attested TLS key, kept between collections (re-attested when a request
@@ -165,6 +182,56 @@ async fn position(hub: &Hub) -> Result<(Option<String>, u64), ApiError> {
     })
 }
 
+/// How far the log holds the entries of `journal`: collected from it, or replayed from it.
+async fn held_through(conn: &mut sqlx::AnyConnection, journal: &str) -> Result<u64, ApiError> {
+    let mut held = 0;
+    for query in [
+        "SELECT last_seq AS seq FROM kms_journals WHERE journal = $1",
+        "SELECT covered_seq AS seq FROM kms_journal_replays WHERE journal = $1",
+    ] {
+        if let Some(r) = sqlx::query(query)
+            .bind(journal)
+            .fetch_optional(&mut *conn)
+            .await?
+        {
+            held = held.max(u64::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(0));
+        }
+    }
+    Ok(held)
+}
+
+/// Records that the log holds `journal`'s entries up to `seq` through replays (never lowers it).
+async fn cover(
+    conn: &mut sqlx::AnyConnection,
+    journal: &str,
+    seq: u64,
+    now: i64,
+) -> Result<(), ApiError> {
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    let covered = sqlx::query("SELECT covered_seq FROM kms_journal_replays WHERE journal = $1")
+        .bind(journal)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| r.try_get::<i64, _>("covered_seq"))
+        .transpose()?;
+    let query = match covered {
+        Some(covered) if covered >= seq => return Ok(()),
+        Some(_) => {
+            "UPDATE kms_journal_replays SET covered_seq = $1, updated_at = $2 WHERE journal = $3"
+        }
+        None => {
+            "INSERT INTO kms_journal_replays (covered_seq, updated_at, journal) VALUES ($1, $2, $3)"
+        }
+    };
+    sqlx::query(query)
+        .bind(seq)
+        .bind(now)
+        .bind(journal)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Appends one page (and the journal's new position) in one transaction.
 async fn append_page(hub: &Hub, page: Page) -> Result<u64, ApiError> {
     let now = crate::db::now();
@@ -207,22 +274,42 @@ async fn append_page(hub: &Hub, page: Page) -> Result<u64, ApiError> {
         }
     };
     let mut appended = 0;
+    // What the log holds of each original journal of this page's replayed entries.
+    let mut held: HashMap<String, u64> = HashMap::new();
     for entry in page.events {
         if entry.seq <= last {
             continue; // already appended (a page repeated after a crash)
+        }
+        if let Some(origin) = &entry.replayed_from {
+            let through = match held.get(&origin.journal) {
+                Some(&through) => through,
+                None => held_through(w.conn(), &origin.journal).await?,
+            };
+            if origin.seq <= through {
+                // Appended before the KMS restarted (its acknowledgement was lost).
+                held.insert(origin.journal.clone(), through);
+                last = entry.seq;
+                continue;
+            }
+            held.insert(origin.journal.clone(), origin.seq);
+            cover(w.conn(), &origin.journal, origin.seq, now).await?;
         }
         let e = &entry.event;
         let operation = serde_json::to_value(e.operation)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_else(|| "unknown".into());
-        let mut record = AuditRecord::ok(
-            e.subject
-                .clone()
-                .unwrap_or_else(|| "unauthenticated".into()),
-            format!("kms.{operation}"),
-        )
-        .detail(json!({"kms_journal": page.journal, "seq": entry.seq, "event": e}));
+        let actor = match (&e.subject, e.operation) {
+            // The KMS's own report of records it could not carry over at a restart.
+            (_, Operation::ReplayJournal) => "kms".to_owned(),
+            (Some(subject), _) => subject.clone(),
+            (None, _) => "unauthenticated".to_owned(),
+        };
+        let mut detail = json!({"kms_journal": page.journal, "seq": entry.seq, "event": e});
+        if let Some(origin) = &entry.replayed_from {
+            detail["replayed_from"] = json!({"journal": origin.journal, "seq": origin.seq});
+        }
+        let mut record = AuditRecord::ok(actor, format!("kms.{operation}")).detail(detail);
         if e.org != "*" {
             record = record.org(&e.org);
         }
@@ -311,9 +398,66 @@ mod tests {
                     } else {
                         Outcome::Allowed
                     }),
+                    replayed_from: None,
                 })
                 .collect(),
         }
+    }
+
+    /// A page of journal `journal` from `first` on, each entry replayed from the `(journal,
+    /// seq)` given, or recorded in this journal (`None`).
+    fn replayed(journal: &str, first: u64, origins: &[Option<(&str, u64)>]) -> Page {
+        Page {
+            journal: journal.into(),
+            events: origins
+                .iter()
+                .zip(first..)
+                .map(|(origin, seq)| Entry {
+                    seq,
+                    event: event(Outcome::Allowed),
+                    replayed_from: origin.map(|(journal, seq)| JournalPosition {
+                        journal: journal.into(),
+                        seq,
+                    }),
+                })
+                .collect(),
+        }
+    }
+
+    async fn test_hub(dir: &std::path::Path) -> std::sync::Arc<Hub> {
+        Hub::open(crate::HubConfig {
+            database_url: format!("sqlite://{}", dir.join("hub.db").display()),
+            state_dir: dir.join("state"),
+            issuer: "https://hub.test".into(),
+            audit_origin: "coffer/test/audit".into(),
+            oidc: Vec::new(),
+            kms: None,
+        })
+        .await
+        .unwrap()
+    }
+
+    /// `(journal, seq, replayed_from)` of a KMS decision in the log.
+    type Decision = (String, u64, Option<(String, u64)>);
+
+    /// Every KMS decision in the log, in order.
+    async fn decisions(hub: &Hub) -> Vec<Decision> {
+        sqlx::query("SELECT body FROM audit_entries ORDER BY idx")
+            .fetch_all(&hub.db)
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|r| {
+                let v: serde_json::Value =
+                    serde_json::from_str(&r.try_get::<String, _>("body").unwrap()).unwrap();
+                let d = &v["detail"];
+                let seq = d["seq"].as_u64()?;
+                let origin = d["replayed_from"]["journal"]
+                    .as_str()
+                    .map(|j| (j.to_owned(), d["replayed_from"]["seq"].as_u64().unwrap()));
+                Some((d["kms_journal"].as_str()?.to_owned(), seq, origin))
+            })
+            .collect()
     }
 
     async fn actions(hub: &Hub) -> Vec<String> {
@@ -333,16 +477,7 @@ mod tests {
     #[tokio::test]
     async fn each_decision_is_appended_once_and_a_new_journal_is_recorded() {
         let dir = tempfile::tempdir().unwrap();
-        let hub = Hub::open(crate::HubConfig {
-            database_url: format!("sqlite://{}", dir.path().join("hub.db").display()),
-            state_dir: dir.path().join("state"),
-            issuer: "https://hub.test".into(),
-            audit_origin: "coffer/test/audit".into(),
-            oidc: Vec::new(),
-            kms: None,
-        })
-        .await
-        .unwrap();
+        let hub = test_hub(dir.path()).await;
         assert_eq!(append_page(&hub, page("a", &[1, 2])).await.unwrap(), 2);
         // A page seen again (the hub crashed before its next request acknowledged it) adds
         // only what is new.
@@ -372,5 +507,104 @@ mod tests {
             started.contains(r#""previous":{"collected_to":3,"journal":"a"}"#),
             "{started}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_replayed_entry_already_appended_is_skipped_and_a_new_one_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = test_hub(dir.path()).await;
+        // Journal a: the hub appends 1 to 3, but the KMS crashes before it sees the next
+        // request acknowledge them.
+        assert_eq!(append_page(&hub, page("a", &[1, 2, 3])).await.unwrap(), 3);
+        // Journal b replays a's 2 to 5 (2 had been acknowledged on the KMS's memory only),
+        // then records its own 5.
+        let b = replayed(
+            "b",
+            1,
+            &[
+                Some(("a", 2)),
+                Some(("a", 3)),
+                Some(("a", 4)),
+                Some(("a", 5)),
+                None,
+            ],
+        );
+        assert_eq!(append_page(&hub, b).await.unwrap(), 3);
+        assert_eq!(position(&hub).await.unwrap(), (Some("b".into()), 5));
+        // The KMS crashes again before seeing that acknowledgement: journal c replays b's
+        // entries, each still marked with where it was first recorded, then records its own.
+        let c = replayed(
+            "c",
+            1,
+            &[Some(("a", 4)), Some(("a", 5)), Some(("b", 5)), None],
+        );
+        assert_eq!(append_page(&hub, c).await.unwrap(), 1);
+        assert_eq!(position(&hub).await.unwrap(), (Some("c".into()), 4));
+        let origin = |j: &str, s| Some((j.to_owned(), s));
+        assert_eq!(
+            decisions(&hub).await,
+            [
+                ("a".to_owned(), 1, None),
+                ("a".to_owned(), 2, None),
+                ("a".to_owned(), 3, None),
+                ("b".to_owned(), 3, origin("a", 4)),
+                ("b".to_owned(), 4, origin("a", 5)),
+                ("b".to_owned(), 5, None),
+                ("c".to_owned(), 4, None),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn replays_of_a_journal_the_hub_never_collected_are_appended_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = test_hub(dir.path()).await;
+        // Journal x crashed before the hub ever asked it: its entries come only replayed.
+        let y = replayed("y", 1, &[Some(("x", 1)), Some(("x", 2))]);
+        assert_eq!(append_page(&hub, y).await.unwrap(), 2);
+        // y crashes before the acknowledgement; z carries them again, and one more of x that
+        // y had not (it cannot: a replay keeps x's order; this checks the rule, not the KMS).
+        let z = replayed("z", 1, &[Some(("x", 1)), Some(("x", 2)), Some(("x", 3))]);
+        assert_eq!(append_page(&hub, z).await.unwrap(), 1);
+        // A page repeated (the hub crashed before its next request) adds nothing.
+        let z = replayed("z", 1, &[Some(("x", 1)), Some(("x", 2)), Some(("x", 3))]);
+        assert_eq!(append_page(&hub, z).await.unwrap(), 0);
+        let origins: Vec<_> = decisions(&hub)
+            .await
+            .into_iter()
+            .map(|(j, s, o)| (j, s, o.unwrap().1))
+            .collect();
+        assert_eq!(
+            origins,
+            [
+                ("y".to_owned(), 1, 1),
+                ("y".to_owned(), 2, 2),
+                ("z".to_owned(), 3, 3)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn what_the_kms_could_not_carry_over_is_appended_as_the_kms_own_denial() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = test_hub(dir.path()).await;
+        let mut page = replayed("b", 1, &[None]);
+        let e = &mut page.events[0].event;
+        e.operation = Operation::ReplayJournal;
+        e.outcome = Outcome::Denied;
+        e.subject = None;
+        e.org = "*".into();
+        e.key_id = None;
+        assert_eq!(append_page(&hub, page).await.unwrap(), 1);
+        let body: String = sqlx::query("SELECT body FROM audit_entries ORDER BY idx DESC LIMIT 1")
+            .fetch_one(&hub.db)
+            .await
+            .unwrap()
+            .try_get("body")
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["actor"], "kms");
+        assert_eq!(v["action"], "kms.replay_journal");
+        assert_eq!(v["outcome"], "denied");
     }
 }
