@@ -190,7 +190,7 @@ pub async fn serve_endpoint_with(
         tls::server_config_without_client_auth(node.identity()).map_err(std::io::Error::other)?;
     let acceptor = TlsAcceptor::from(config);
     loop {
-        let (tcp, remote) = listener.accept().await?;
+        let (tcp, remote) = crate::accept::next_connection(&listener, "attestation endpoint").await;
         let (acceptor, node, extension) = (acceptor.clone(), node.clone(), extension.clone());
         tokio::spawn(async move {
             let tls = match acceptor.accept(tcp).await {
@@ -377,7 +377,7 @@ impl std::fmt::Debug for AttestedConnection {
 }
 
 impl AttestedConnection {
-    /// Connects to `url`; refused ([`MeshError::SessionBindingMismatch`]) unless the server's
+    /// Connects to `url`; refused ([`MeshError::TlsKeyChanged`]) unless the server's
     /// TLS key hashes to `tls_spki_sha256` (hex).
     pub async fn connect(url: &str, tls_spki_sha256: &str) -> Result<Self, MeshError> {
         let (addr, authority) = authority_of(url)?;
@@ -385,7 +385,7 @@ impl AttestedConnection {
         let got = hex::encode(crate::sha256(&spki));
         if got != tls_spki_sha256 {
             // Another key than the attested one: the connection is not to the server checked.
-            return Err(MeshError::SessionBindingMismatch {
+            return Err(MeshError::TlsKeyChanged {
                 expected: tls_spki_sha256.to_owned(),
                 got,
             });

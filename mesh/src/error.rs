@@ -57,6 +57,15 @@ pub enum MeshError {
         /// The report's REPORT_DATA, hex.
         got: String,
     },
+    /// A server checked before presents another TLS key now: it restarted (a new process has a
+    /// new key), or another server answers at its address. Check it again.
+    #[error("the server presents TLS key {got}, not the attested {expected}: it restarted or another server answers; attest it again")]
+    TlsKeyChanged {
+        /// SHA-256 of the attested key, hex.
+        expected: String,
+        /// SHA-256 of the key presented, hex.
+        got: String,
+    },
     /// The evidence is not genuine (a chain, signature, or certificate check failed).
     #[error("evidence not genuine: {check} expected {expected}, got {got}")]
     NotGenuine {
@@ -148,6 +157,7 @@ impl MeshError {
             MeshError::DebugGuest(_) => "debug_guest",
             MeshError::UntrustedRoot { .. } => "untrusted_root",
             MeshError::SessionBindingMismatch { .. } => "session_binding_mismatch",
+            MeshError::TlsKeyChanged { .. } => "tls_key_changed",
             MeshError::NotGenuine { .. } => "not_genuine",
             MeshError::Policy { .. } => "policy",
             MeshError::UnexpectedRole { .. } => "unexpected_role",

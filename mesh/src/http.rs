@@ -54,7 +54,7 @@ where
 {
     let accept: Arc<[Role]> = accept.into();
     loop {
-        let (tcp, remote) = listener.accept().await?;
+        let (tcp, remote) = crate::accept::next_connection(&listener, "mesh").await;
         let (node, accept, handler, events) = (
             node.clone(),
             accept.clone(),

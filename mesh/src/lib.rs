@@ -19,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod binding;
 pub mod endpoint;
 mod error;

@@ -17,6 +17,8 @@ use coffer_hub::keys::HubKeys;
 use coffer_hub::{Hub, HubConfig};
 use coffer_tests::{build_image, checkout, free_port, run, unique, Vm};
 use coffer_types::Role;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use serde_json::json;
 use sqlx::Row;
 
@@ -42,6 +44,31 @@ async fn append(hub: &Hub, n: usize, tag: &str) {
             .unwrap();
     }
     w.commit().await.unwrap();
+}
+
+/// Every entry of the hub's log as `action outcome` (and ` replayed` for a KMS decision carried
+/// over from an earlier journal).
+async fn audit_actions(hub: &Hub) -> Vec<String> {
+    sqlx::query("SELECT body FROM audit_entries ORDER BY idx")
+        .fetch_all(&hub.db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value =
+                serde_json::from_str(&r.try_get::<String, _>("body").unwrap()).unwrap();
+            let replayed = if v["detail"]["replayed_from"].is_object() {
+                " replayed"
+            } else {
+                ""
+            };
+            format!(
+                "{} {}{replayed}",
+                v["action"].as_str().unwrap(),
+                v["outcome"].as_str().unwrap()
+            )
+        })
+        .collect()
 }
 
 /// `GET /v1/audit/export?cosigned=true` from the hub's API, as an administrator downloads it.
@@ -114,24 +141,29 @@ fn the_kms_vm_co_signs_the_hubs_checkpoints_refuses_a_fork_and_its_decisions_rea
         authz.to_str().unwrap(),
     ]);
     assert_eq!(outcome.code, 0, "{outcome:?}");
-    let vm = Vm::start_in(
-        state.clone(),
-        &image,
-        &unique("kms-cosign"),
-        &[
-            "--deployment",
-            manifest.to_str().unwrap(),
-            "--port",
-            &format!("mesh={mesh}"),
-            "--port",
-            &format!("attest={attest}"),
-        ],
-    );
-    assert!(
-        vm.wait_for_log("kms state opened and verified", Duration::from_secs(90)),
-        "{}",
-        vm.serial()
-    );
+    let vm_name = unique("kms-cosign");
+    let start = |name: &str| {
+        let vm = Vm::start_in(
+            state.clone(),
+            &image,
+            name,
+            &[
+                "--deployment",
+                manifest.to_str().unwrap(),
+                "--port",
+                &format!("mesh={mesh}"),
+                "--port",
+                &format!("attest={attest}"),
+            ],
+        );
+        assert!(
+            vm.wait_for_log("kms state opened and verified", Duration::from_secs(90)),
+            "{}",
+            vm.serial()
+        );
+        vm
+    };
+    let mut vm = start(&vm_name);
     let link = KmsLink {
         endpoint: format!("https://127.0.0.1:{attest}"),
         manifest: std::fs::read(&manifest).unwrap(),
@@ -244,21 +276,7 @@ fn the_kms_vm_co_signs_the_hubs_checkpoints_refuses_a_fork_and_its_decisions_rea
             0,
             "collected twice"
         );
-        let actions: Vec<String> = sqlx::query("SELECT body FROM audit_entries ORDER BY idx")
-            .fetch_all(&hub.db)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let v: serde_json::Value =
-                    serde_json::from_str(&r.try_get::<String, _>("body").unwrap()).unwrap();
-                format!(
-                    "{} {}",
-                    v["action"].as_str().unwrap(),
-                    v["outcome"].as_str().unwrap()
-                )
-            })
-            .collect();
+        let actions = audit_actions(&hub).await;
         assert!(
             actions.contains(&"kms.journal_started ok".to_owned()),
             "{actions:?}"
@@ -267,6 +285,47 @@ fn the_kms_vm_co_signs_the_hubs_checkpoints_refuses_a_fork_and_its_decisions_rea
             actions.contains(&"kms.sign_checkpoint denied".to_owned()),
             "{actions:?}"
         );
+
+        // A decision the KMS made and flushed (every half second) but the hub had not yet
+        // collected survives the VM's power being cut: the restarted KMS carries it into its new
+        // journal, and the hub appends it once, marked with where it was first recorded.
+        let denied = |actions: &[String]| {
+            actions
+                .iter()
+                .filter(|a| a.starts_with("kms.sign_checkpoint denied"))
+                .count()
+        };
+        let before = denied(&audit_actions(&hub).await);
+        let (status, _) = coffer_mesh::endpoint::request_attested(
+            &link.endpoint,
+            &check.tls_spki_sha256,
+            hyper::Method::POST,
+            coffer_kms::checkpoint::COSIGN_PATH,
+            json!({"token": "before.power.off", "checkpoint": "x\n", "proof": []})
+                .to_string()
+                .into(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 403);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::task::block_in_place(|| {
+            kill(Pid::from_raw(vm.record.pid), Signal::SIGKILL).unwrap();
+            while vm.record.is_running() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            vm = start(&vm_name);
+        });
+        collector.collect(&hub, &link).await.unwrap();
+        let actions = audit_actions(&hub).await;
+        assert_eq!(denied(&actions), before + 1, "{actions:?}");
+        assert!(
+            actions
+                .iter()
+                .any(|a| a.starts_with("kms.sign_checkpoint denied") && a.contains("replayed")),
+            "{actions:?}"
+        );
+        assert_eq!(collector.collect(&hub, &link).await.unwrap(), 0);
 
         // Without simulation allowed, the sim KMS is not attested at all.
         let strict = KmsLink {

@@ -657,7 +657,9 @@ fn two_replicas_share_one_store_in_postgresql() {
         rt.block_on(unwrap_at(&node, a_mesh, &analyst, &second)),
         second["plaintext"].as_str().unwrap()
     );
-    // The replicas list each other (and themselves) as witnesses of the shared state.
+    // A restarted replica opens the shared state, witnessed by the other: the replicas list
+    // each other (and themselves) as witnesses, and B lists a new set once A is gone.
+    assert_eq!(a.stop().code, 0);
     assert!(
         b.wait_for_log(
             "rollback witnesses: new set listed",
@@ -666,10 +668,16 @@ fn two_replicas_share_one_store_in_postgresql() {
         "{}",
         b.serial()
     );
-
-    // A restarted replica opens the shared state, witnessed by the other.
-    assert_eq!(a.stop().code, 0);
-    let a = start_kms_with(&state, &image, &a_name, manifest, a_mesh, &a_args);
+    let a_mesh_port = format!("mesh={a_mesh}");
+    let mut a_restart = vec!["--deployment", manifest, "--port", a_mesh_port.as_str()];
+    a_restart.extend_from_slice(&a_args);
+    let a = Vm::start_in(state.clone(), &image, &a_name, &a_restart);
+    assert!(
+        a.wait_for_log("kms state opened and verified", Duration::from_secs(90)),
+        "A restarted:\n{}\n\nB:\n{}",
+        a.serial(),
+        b.serial()
+    );
     assert_eq!(
         rt.block_on(unwrap_at(&node, a_mesh, &analyst, &second)),
         second["plaintext"].as_str().unwrap()

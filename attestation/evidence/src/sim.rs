@@ -116,12 +116,26 @@ pub struct SimPortProvider {
     lock: std::sync::Mutex<()>,
 }
 
+/// A random first exchange id from the kernel (the init seeds its RNG before any service runs);
+/// the process id in the high half if the kernel gives none.
+fn first_id() -> u64 {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)) {
+        Ok(()) => u64::from_le_bytes(bytes) >> 1,
+        Err(_) => u64::from(std::process::id()) << 32,
+    }
+}
+
 impl SimPortProvider {
     /// A provider talking over `port` (e.g. `/dev/vport0p1`).
     pub fn new(port: PathBuf) -> Self {
-        // Start ids at the process id's multiple so two processes that share the port in turn
-        // (each opening it for one exchange) do not reuse each other's ids.
-        let start = u64::from(std::process::id()) << 32;
+        // Start ids at a random point, so that neither two processes sharing the port in turn
+        // (each opening it for one exchange) nor a process and its predecessor of an earlier
+        // boot (boots are deterministic: the same service gets the same pid) reuse each other's
+        // ids: an answer still queued for an id of an earlier boot would be taken for the new
+        // request's.
+        let start = first_id();
         Self {
             port,
             next_id: AtomicU64::new(start),

@@ -1,5 +1,6 @@
-//! Errors, one enum per side: collecting evidence in the guest, provisioning an swtpm on the host.
-//! Every variant names what failed; TPM failures carry the command and the TSS response code.
+//! Errors, one enum per job: collecting evidence in the guest, the vTPM sealing secret,
+//! provisioning an swtpm on the host. Every variant names what failed; TPM failures carry the
+//! command and the TSS response code.
 
 use coffer_vtpm::hcl::HclError;
 use coffer_vtpm::quote::QuoteError;
@@ -76,6 +77,55 @@ pub enum ProviderError {
     #[error("{op}: {source}")]
     Tpm {
         /// The command and its object, e.g. `TPM2_Quote with the AK at 0x81000003`.
+        op: &'static str,
+        /// tss-esapi's error (with the TPM response code).
+        source: tss_esapi::Error,
+    },
+}
+
+/// Why the vTPM sealing secret could not be unsealed (or, on first use, created).
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// Opening the TPM failed (same cases as for the provider).
+    #[error(transparent)]
+    Open(ProviderError),
+    /// The sealed secret's PCR policy does not match this boot's PCR values: another image or
+    /// boot chain. Nothing was created or replaced.
+    #[error(
+        "the vTPM refused to unseal the sealing secret at persistent handle {handle:#010x}: its \
+         PCR policy (sha256 PCRs {pcrs}) does not match this boot's PCR values (another image \
+         or boot chain); no new secret was created"
+    )]
+    PolicyMismatch {
+        /// The persistent handle of the sealed secret.
+        handle: u32,
+        /// The policy's PCRs, e.g. `4, 9, 11`.
+        pcrs: String,
+    },
+    /// Something other than a policy-sealed data object is at the handle; it is left alone.
+    #[error(
+        "the object at persistent handle {handle:#010x} is not a Coffer sealed secret: {found}"
+    )]
+    NotASealedSecret {
+        /// The persistent handle.
+        handle: u32,
+        /// What it is instead.
+        found: String,
+    },
+    /// The TPM returned a secret of another size.
+    #[error("{op} returned {got} bytes, expected {expected}")]
+    SecretSize {
+        /// The command.
+        op: &'static str,
+        /// Bytes expected.
+        expected: usize,
+        /// Bytes returned.
+        got: usize,
+    },
+    /// A TPM command (or tss-esapi conversion) failed.
+    #[error("{op}: {source}")]
+    Tpm {
+        /// The command and its object.
         op: &'static str,
         /// tss-esapi's error (with the TPM response code).
         source: tss_esapi::Error,

@@ -14,6 +14,11 @@
 //!   [`coffer_sim::SimRoot`]: an RSA-2048 restricted signing AK persisted at 0x81000003, and a
 //!   synthetic HCL report in NV 0x01400001 whose `report_data` binds runtime claims naming that
 //!   AK.
+//! - [`seal`] (guest side): the vTPM sealing key behind
+//!   [`AzureVtpmEvidence`]'s `sealing_key`: a 32-byte secret sealed in the vTPM as a persistent
+//!   data object at 0x8100C0FF, released only by a PolicyPCR session over sha256 PCRs 4, 9, 11
+//!   with the values of the boot that created it; the key is HKDF-SHA256 of it and the caller's
+//!   context.
 //! - [`tpm`]: the handles involved and a listing of what is loaded in a TPM (to show nothing is
 //!   left behind).
 //!
@@ -26,8 +31,11 @@
 //! evidence that can never verify): the PCR selection (indices 0..24, not empty), that the HCL
 //! report parses and its `HCLAkPub` is the key at 0x81000003, that the PCR values it read are
 //! those the quote covers (re-read if a PCR moved in between), and that the quote fits
-//! coffer-vtpm's container. It flushes every transient object and TPM session it creates and
-//! closes every ESYS handle it opens, on error paths too.
+//! coffer-vtpm's container. For the sealing key: that the object at 0x8100C0FF is a
+//! policy-only sealed data object and its policy is the PCR policy of this boot's values, and it
+//! never creates a secret over an existing one (a mismatch fails closed). It flushes every
+//! transient object and TPM session it creates and closes every ESYS handle it opens, on error
+//! paths too.
 //!
 //! This crate links the system libtss2 (Debian: `libtss2-dev`, found with `pkg-config`), which is
 //! shared-only on Debian, so it links glibc: it belongs in a glibc guest image or on the host,
@@ -40,13 +48,14 @@ mod evidence;
 mod provider;
 #[cfg(feature = "sim")]
 mod provision;
+pub mod seal;
 #[cfg(feature = "sim")]
 pub mod swtpm;
 pub mod tpm;
 
-pub use error::ProviderError;
 #[cfg(feature = "sim")]
 pub use error::ProvisionError;
+pub use error::{ProviderError, SealError};
 pub use evidence::AzureVtpmEvidence;
 pub use provider::{
     AzureVtpmProvider, Collected, ReportRefresh, UserDataOutcome, NONCE_SIZE, PCR_ATTEMPTS,

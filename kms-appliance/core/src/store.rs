@@ -5,9 +5,11 @@
 //!
 //! **The sealing key** comes from the platform ([`SealingKey::from_platform`]:
 //! `EvidenceProvider::sealing_key(b"coffer-kms state v1")`): on SEV-SNP the firmware's derived
-//! key bound to the launch measurement and policy, on sim the simulated equivalent. Another image
-//! (another measurement), another policy or another chip derives another key, and the store does
-//! not open: [`StoreError::SealedByAnotherKey`].
+//! key bound to the launch measurement and policy, on sim the simulated equivalent, on Azure a
+//! secret sealed in the vTPM to the boot PCRs 4, 9, 11 (`coffer_vtpm_provider::seal`). Another
+//! image (another measurement), another policy or another chip derives another key, and the store
+//! does not open: [`StoreError::SealedByAnotherKey`]; on Azure another image gets no key at all
+//! (the vTPM refuses to unseal: [`StoreError::SealingKey`]).
 //!
 //! **A record** is `format (1) ‖ nonce (12) ‖ ciphertext ‖ tag (16)` with associated data
 //! `"coffer-kms record v1" ‖ table ‖ key ‖ format`: moved to another key or table, altered, or

@@ -101,6 +101,13 @@ impl Collector {
         loop {
             let page = match self.page(hub, link).await {
                 Ok(page) => page,
+                // The KMS checked before restarted (a new process, a new TLS key): attest the
+                // one that answers now, once, rather than fail this collection.
+                Err(e @ CollectError::NotAttested { .. }) if self.attested_spki.is_some() => {
+                    tracing::info!(error = %e, "KMS journal: the KMS checked before does not answer with its key; attesting it again");
+                    self.attested_spki = None;
+                    continue;
+                }
                 Err(e) => {
                     // Attest afresh next time.
                     self.attested_spki = None;
