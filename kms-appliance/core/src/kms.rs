@@ -272,9 +272,7 @@ impl Kms {
         shared: Location,
         anchor: Box<dyn VersionAnchor>,
     ) -> Result<Self, KmsError> {
-        // Nothing in the own store but the root key, which never changes: a host that puts back
-        // an older copy puts back the same key. So it needs no anchor.
-        let own = Store::open(local, sealing, Box::new(Unanchored::accepting_rollback()))?;
+        let own = Self::open_own(local, sealing)?;
         match own.get(Table::Meta, ROOT_KEY)? {
             Some(bytes) => {
                 if own.get(Table::Meta, SHARED_MARKER)?.is_none() {
@@ -291,6 +289,16 @@ impl Kms {
         }
     }
 
+    /// A replica's own store. It holds nothing but the root key, which never changes: a host
+    /// that puts back an older copy puts back the same key, so it needs no anchor.
+    fn open_own(local: impl Into<Location>, sealing: SealingKey) -> Result<Store, KmsError> {
+        Ok(Store::open(
+            local,
+            sealing,
+            Box::new(Unanchored::accepting_rollback()),
+        )?)
+    }
+
     /// A replica of a replicated deployment restored by the recovery officers: keeps the root
     /// key they restored in its own, empty store at `local` and opens the shared store with it
     /// (the state there, if it survived, is the deployment's state).
@@ -301,7 +309,7 @@ impl Kms {
         anchor: Box<dyn VersionAnchor>,
         root: &RootKey,
     ) -> Result<Self, KmsError> {
-        let own = Store::open(local, sealing, Box::new(Unanchored::accepting_rollback()))?;
+        let own = Self::open_own(local, sealing)?;
         let root = RootKey::from_bytes(root.bytes())?;
         Self::start_shared(own, shared, anchor, root)
     }

@@ -51,7 +51,7 @@
 //! Record *sizes* and *counts* and the table and key names (org ids, key ids) are visible to the
 //! host: keys are names, not secrets.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -130,7 +130,7 @@ const HEADER_SEALING_KEY_ID: &str = "sealing-key-id";
 const STATE_KEY: &str = "state";
 
 /// A table of sealed records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Table {
     /// KMS-wide records: the root key, and the state record.
     Meta,
@@ -521,6 +521,9 @@ pub(crate) trait Backend: Send {
     fn unlock(&mut self) {}
 }
 
+/// Every record's digest [seed](crate::digest::seed), in table and key order.
+type Index = BTreeMap<(Table, String), [u8; 32]>;
+
 /// An open, verified KMS store.
 pub struct Store {
     backend: Box<dyn Backend>,
@@ -535,7 +538,7 @@ pub struct Store {
     holding: bool,
     /// A shared store: every record's digest [seed](crate::digest::seed), so that taking in
     /// another replica's writes costs what they changed, not a pass over the whole store.
-    index: HashMap<(Table, String), [u8; 32]>,
+    index: Index,
 }
 
 impl fmt::Debug for Store {
@@ -648,7 +651,7 @@ impl Store {
             digest: StateDigest::default(),
             state: Vec::new(),
             holding: false,
-            index: HashMap::new(),
+            index: Index::new(),
         };
         let started = std::time::Instant::now();
         loop {
@@ -740,14 +743,20 @@ impl Store {
             });
         }
         self.anchor.load_state(version, &state_hash, anchor_data)?;
-        let anchored = self.anchor.read()?;
-        if let Verdict::RolledBack { state, anchor } = rollback::check(version, anchored) {
-            return Err(StoreError::RolledBack {
-                store: self.backend.name().to_owned(),
-                state,
-                anchor,
-                anchor_name: self.anchor.describe(),
-            });
+        // A sync takes in states newer than this process's, which their writers had the
+        // witnesses record; asking every listed witness again would stop a replica whenever a
+        // peer is down. A state newer than this one but older than a witness's is caught by the
+        // survey instead (`Survey::Behind`, then `QuorumHandle::synced`).
+        if !incremental {
+            let anchored = self.anchor.read()?;
+            if let Verdict::RolledBack { state, anchor } = rollback::check(version, anchored) {
+                return Err(StoreError::RolledBack {
+                    store: self.backend.name().to_owned(),
+                    state,
+                    anchor,
+                    anchor_name: self.anchor.describe(),
+                });
+            }
         }
         let changed = match incremental {
             true => self.changed_since(&digest)?,
@@ -834,12 +843,9 @@ impl Store {
     }
 
     /// Opens every sealed record and returns their count, digest and seeds.
-    #[allow(clippy::type_complexity)]
-    fn digest_records(
-        &self,
-    ) -> Result<(usize, StateDigest, HashMap<(Table, String), [u8; 32]>), StoreError> {
+    fn digest_records(&self) -> Result<(usize, StateDigest, Index), StoreError> {
         let mut digest = StateDigest::default();
-        let mut index = HashMap::new();
+        let mut index = Index::new();
         for table in Table::ALL {
             for (key, sealed) in self.backend.scan(table, "")? {
                 if table == Table::Meta && key == STATE_KEY {
@@ -962,10 +968,11 @@ impl Store {
                     return Err(self.not_committed(&format!("{}/{key}", table.name())));
                 }
             }
+            // In key order, the prefix's records are one range of the index.
             let committed = self
                 .index
-                .keys()
-                .filter(|(t, key)| *t == table && key.starts_with(prefix))
+                .range((table, prefix.to_owned())..)
+                .take_while(|((t, key), _)| *t == table && key.starts_with(prefix))
                 .count();
             if committed != records.len() {
                 return Err(self.not_committed(&format!("{}/{prefix}*", table.name())));
@@ -1028,13 +1035,7 @@ impl Store {
                 record: "meta/state".into(),
                 reason: "the state version would overflow".into(),
             })?;
-        if self.shared
-            && self.backend.get(Table::Meta, STATE_KEY)?.as_deref() != Some(self.state.as_slice())
-        {
-            return Err(StoreError::Moved {
-                store: self.backend.name().to_owned(),
-            });
-        }
+        // Whether another replica wrote since, the backend checks inside its transaction.
         let mut digest = self.digest.clone();
         // The last value each record takes in this batch, and what it held before it.
         let mut changes: Vec<Change> = Vec::new();

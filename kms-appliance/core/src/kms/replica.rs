@@ -20,7 +20,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::{Kms, KmsError, ROOT_KEY};
 use crate::keys::RootKey;
-use crate::rollback::{Unanchored, VersionAnchor};
+use crate::rollback::VersionAnchor;
 use crate::store::{Batch, Location, SealingKey, Store, Table};
 
 /// Everything a joining KMS needs: the root key and every record. Secret (the root key):
@@ -212,7 +212,7 @@ impl Kms {
         snapshot: &Snapshot,
     ) -> Result<Self, KmsError> {
         let root = snapshot.root()?;
-        let own = Store::open(local, sealing, Box::new(Unanchored::accepting_rollback()))?;
+        let own = Self::open_own(local, sealing)?;
         Self::start_shared(own, shared, anchor, root)
     }
 
