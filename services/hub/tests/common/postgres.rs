@@ -86,44 +86,56 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = coffer_free_port();
-        let mut server = Command::new(bin.join("postgres"));
-        server
-            .args([
-                "-D",
-                data.to_str().unwrap(),
-                "-p",
-                &port.to_string(),
-                "-k",
-                dir.path().to_str().unwrap(),
-            ])
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                if fsync { "fsync=on" } else { "fsync=off" },
-                "-c",
-                "max_connections=100",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .current_dir(dir.path());
-        as_user(&mut server);
-        let child = server.spawn().unwrap();
-        let pg = Self {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "PostgreSQL did not listen on port {port} within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        // A free port can be taken by another test's server between our probe and our bind:
+        // then ours exits, and a TCP connect would reach the other one. So a server counts as
+        // started only when its own Unix socket (in our directory) exists, and a server that
+        // exited is started again on another port.
+        for _ in 0..5 {
+            let port = coffer_free_port();
+            let mut server = Command::new(bin.join("postgres"));
+            server
+                .args([
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-p",
+                    &port.to_string(),
+                    "-k",
+                    dir.path().to_str().unwrap(),
+                ])
+                .args([
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    if fsync { "fsync=on" } else { "fsync=off" },
+                    "-c",
+                    "max_connections=100",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .current_dir(dir.path());
+            as_user(&mut server);
+            let mut child = server.spawn().unwrap();
+            let socket = dir.path().join(format!(".s.PGSQL.{port}"));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    break; // its port was taken: try another
+                }
+                if socket.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Self {
+                        child,
+                        port,
+                        _dir: dir,
+                    };
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "PostgreSQL did not listen on port {port} within 30 s"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
-        pg
+        panic!("PostgreSQL did not start on any of 5 free ports");
     }
 
     /// A URL of database `db` (create it first with [`create_database`](Self::create_database)).
